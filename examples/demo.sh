@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The offline demo (`make demo`): build a bank of protected characters from synthetic
+# stand-in drawings, then check uploads and prompts against it, as an operator would.
+# It uses the tiny test encoder: its similarities mean nothing on real images.
+set -u
+cd "$(dirname "$0")/.."
+mkdir -p out
+export GUARD_BANK=out/demo-bank.safetensors GUARD_ENCODER=tiny-test GUARD_STATE=out/state
+
+step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; echo "(exit status $?)"; }
+
+step "Build the bank from examples/demo_refs" \
+  guard bank build examples/demo_refs -o "$GUARD_BANK"
+step "Check uploaded images (exit 4: something is blocked)" \
+  guard check image examples/demo_uploads --surface cover_image
+step "The rights holder's own account may use its character" \
+  guard check image examples/demo_refs/ultraman/pose0.png --account tsuburaya-official
+step "Prompts: a name in another script is still a name" \
+  guard check prompt "奥特曼 fighting a kaiju in Tokyo"
+step "A character's name in the negative prompt is a mitigation, not an attempt" \
+  guard check prompt "a giant robot at sunset" --negative "ultraman, pikachu"
+step "JSONL for scripts" \
+  guard check prompt "Super Mario in a forest" --json
+exit 0

@@ -1,0 +1,252 @@
+"""The bank file: one ``.safetensors`` holding embeddings and a JSON manifest.
+
+Tensors (all rows grouped by character, in manifest order)::
+
+    image_embeddings [M, D] fp16   reference-image embeddings (L2-normalised)
+    image_owner      [M]    int32  index of the owning character in the manifest
+    image_ref        [M]    int32  index into that character's ``references``
+    text_embeddings  [T, D] fp16   embeddings of the character's names and aliases
+    text_owner       [T]    int32
+
+``__metadata__["guard.bank"]`` holds the manifest (see embeddings/README.md). Loading uses
+safetensors only: no pickle, and the file can be memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open, save_file
+
+from ..errors import BankError
+from .character import Character
+
+FORMAT = "diffusion-guard-bank"
+FORMAT_VERSION = 1
+MANIFEST_KEY = "guard.bank"
+
+
+@dataclass
+class Entry:
+    """A character with its embeddings (fp16, one row per reference / per text)."""
+
+    character: Character
+    image_embeddings: torch.Tensor
+    texts: tuple[str, ...] = ()
+    text_embeddings: torch.Tensor = field(default_factory=lambda: torch.empty((0, 0), dtype=torch.float16))
+
+
+class Bank:
+    """Protected characters and their embeddings, tied to the encoder that made them."""
+
+    def __init__(self, encoder: str, dim: int, entries: Iterable[Entry] = (), digest: str | None = None,
+                 path: str | None = None):
+        self.encoder = encoder
+        self.dim = dim
+        self.path = path
+        self._entries: dict[str, Entry] = {}
+        for entry in entries:
+            self.put(entry)
+        self._digest = digest
+
+    # Contents ----------------------------------------------------------------------------
+    @property
+    def characters(self) -> list[Character]:
+        return [e.character for e in self._entries.values()]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, cid: str) -> bool:
+        return cid in self._entries
+
+    def entry(self, cid: str) -> Entry:
+        try:
+            return self._entries[cid]
+        except KeyError:
+            raise BankError(f"character {cid!r} is not in the bank; known: {', '.join(self._entries)}") from None
+
+    def character(self, cid: str) -> Character:
+        return self.entry(cid).character
+
+    def put(self, entry: Entry) -> None:
+        """Add or replace one character; the other characters' embeddings are untouched."""
+        for name, emb in (("image", entry.image_embeddings), ("text", entry.text_embeddings)):
+            if emb.numel() and (emb.ndim != 2 or emb.shape[1] != self.dim):
+                raise BankError(f"character {entry.character.id!r}: {name} embeddings of shape "
+                                f"{tuple(emb.shape)} do not fit this bank's dimension {self.dim}")
+        if entry.image_embeddings.shape[0] != len(entry.character.references):
+            raise BankError(f"character {entry.character.id!r}: {entry.image_embeddings.shape[0]} image "
+                            f"embeddings for {len(entry.character.references)} references")
+        self._entries[entry.character.id] = entry
+        self._digest = None
+        self._matrices = None
+
+    def remove(self, cid: str) -> None:
+        self.entry(cid)
+        del self._entries[cid]
+        self._digest = None
+        self._matrices = None
+
+    # Matrices for the matcher -------------------------------------------------------------
+    def image_matrix(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(embeddings [M, D] fp16, owner [M] int64, ref [M] int64)``, rows grouped by character."""
+        return self._build_matrices()[0]
+
+    def text_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._build_matrices()[1]
+
+    def _build_matrices(self):
+        if getattr(self, "_matrices", None) is None:
+            entries = list(self._entries.values())
+            img = [e.image_embeddings.to(torch.float16) for e in entries]
+            txt = [e.text_embeddings.to(torch.float16) for e in entries if e.text_embeddings.numel()]
+            owner = torch.cat([torch.full((e.image_embeddings.shape[0],), i, dtype=torch.int64)
+                               for i, e in enumerate(entries)] or [torch.empty(0, dtype=torch.int64)])
+            ref = torch.cat([torch.arange(e.image_embeddings.shape[0]) for e in entries]
+                            or [torch.empty(0, dtype=torch.int64)])
+            towner = torch.cat([torch.full((e.text_embeddings.shape[0],), i, dtype=torch.int64)
+                                for i, e in enumerate(entries) if e.text_embeddings.numel()]
+                               or [torch.empty(0, dtype=torch.int64)])
+            empty = torch.empty((0, self.dim), dtype=torch.float16)
+            self._matrices = ((torch.cat(img) if img else empty, owner, ref),
+                              (torch.cat(txt) if txt else empty, towner))
+        return self._matrices
+
+    # Identity -----------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the bank file as saved (computed from a canonical save when unsaved)."""
+        if self._digest is None:
+            tensors, manifest = self._serialise()
+            h = hashlib.sha256(manifest.encode())
+            for tensor in tensors.values():
+                h.update(tensor.numpy().tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def require_encoder(self, encoder: str) -> None:
+        """Raise `BankError` unless this bank was built with ``encoder``."""
+        if encoder != self.encoder:
+            where = f" ({self.path})" if self.path else ""
+            raise BankError(
+                f"the bank{where} was built with encoder {self.encoder!r}, but the encoder in use is "
+                f"{encoder!r}: similarities between different encoders mean nothing. Use "
+                f"--encoder {self.encoder} or rebuild the bank with: guard bank build REFS_DIR -o BANK "
+                f"--encoder {encoder}")
+
+    # Files ----------------------------------------------------------------------------------
+    def _serialise(self) -> tuple[dict[str, torch.Tensor], str]:
+        (img, owner, ref), (txt, towner) = self._build_matrices()
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "encoder": self.encoder,
+            "dim": self.dim,
+            "characters": [{**e.character.to_dict(), "texts": list(e.texts)} for e in self._entries.values()],
+        }
+        tensors = {
+            "image_embeddings": img.contiguous(),
+            "image_owner": owner.to(torch.int32).contiguous(),
+            "image_ref": ref.to(torch.int32).contiguous(),
+            "text_embeddings": txt.contiguous(),
+            "text_owner": towner.to(torch.int32).contiguous(),
+        }
+        return tensors, json.dumps(manifest, ensure_ascii=False, sort_keys=True)
+
+    def save(self, path: str | Path) -> str:
+        """Write the bank; returns the file's SHA-256."""
+        tensors, manifest = self._serialise()
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={MANIFEST_KEY: manifest})
+        tmp.replace(path)  # never leave a half-written bank behind
+        self._digest = _file_sha256(path)
+        self.path = str(path)
+        return self._digest
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bank":
+        """Read a bank file.
+
+        Raises:
+            BankError: missing file, not safetensors, not a guard bank, inconsistent content.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise BankError(f"bank {path} does not exist; build one with: guard bank build REFS_DIR -o {path}")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BankError(f"bank {path} is not a readable safetensors file: {exc}") from None
+        if MANIFEST_KEY not in meta:
+            raise BankError(f"{path} is a safetensors file but not a guard bank (no {MANIFEST_KEY!r} metadata)")
+        try:
+            manifest = json.loads(meta[MANIFEST_KEY])
+        except json.JSONDecodeError as exc:
+            raise BankError(f"bank {path}: manifest is not JSON: {exc}") from None
+        return cls._from_parts(manifest, tensors, str(path), _file_sha256(path))
+
+    @classmethod
+    def _from_parts(cls, manifest: Mapping, tensors: Mapping[str, torch.Tensor], where: str, digest: str):
+        if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+            raise BankError(f"bank {where}: format {manifest.get('format')!r} version "
+                            f"{manifest.get('version')!r}; this guard reads {FORMAT} version {FORMAT_VERSION}")
+        needed = {"image_embeddings", "image_owner", "image_ref", "text_embeddings", "text_owner"}
+        if not needed <= set(tensors):
+            raise BankError(f"bank {where}: missing tensors {', '.join(sorted(needed - set(tensors)))}")
+        dim = int(manifest["dim"])
+        img, owner = tensors["image_embeddings"], tensors["image_owner"].long()
+        txt, towner = tensors["text_embeddings"], tensors["text_owner"].long()
+        chars = [Character.from_dict({k: v for k, v in c.items() if k != "texts"}, f"bank {where}")
+                 for c in manifest["characters"]]
+        entries = []
+        for i, char in enumerate(chars):
+            texts = tuple(manifest["characters"][i].get("texts", ()))
+            tsel = txt[towner == i] if txt.numel() else torch.empty((0, dim), dtype=torch.float16)
+            if tsel.shape[0] != len(texts):
+                raise BankError(f"bank {where}: character {char.id!r} has {tsel.shape[0]} text rows "
+                                f"for {len(texts)} texts")
+            entries.append(Entry(char, img[owner == i] if img.numel() else
+                                 torch.empty((0, dim), dtype=torch.float16), texts, tsel))
+        if len({c.id for c in chars}) != len(chars):
+            raise BankError(f"bank {where}: duplicate character ids")
+        return cls(str(manifest["encoder"]), dim, entries, digest=digest, path=where)
+
+    def info(self) -> dict:
+        (img, _, _), (txt, _) = self._build_matrices()
+        return {
+            "path": self.path,
+            "sha256": self.digest,
+            "encoder": self.encoder,
+            "dim": self.dim,
+            "characters": len(self),
+            "image_exemplars": int(img.shape[0]),
+            "text_exemplars": int(txt.shape[0]),
+            "per_character": [
+                {"id": e.character.id, "names": dict(e.character.names), "holder": e.character.holder,
+                 "references": len(e.character.references), "aliases": len(e.character.all_names),
+                 "authorized_accounts": list(e.character.authorized_accounts)}
+                for e in self._entries.values()
+            ],
+        }
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stack_rows(rows: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    return torch.stack(list(rows)).to(torch.float16) if rows else torch.empty((0, dim), dtype=torch.float16)

@@ -1,0 +1,236 @@
+"""The ``guard`` command: parses arguments, calls the library, prints. Nothing else.
+
+Exit status: 0 all allowed · 3 something flagged, nothing blocked · 4 something blocked ·
+2 usage or configuration error · 1 the guard itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .. import __version__
+from ..bank import Bank, add_characters, build_bank
+from ..bank.character import IMAGE_SUFFIXES
+from ..encoders import load_encoder
+from ..errors import ConfigError, GuardError
+from ..facade import Guard
+from ..verdict import Surface
+from . import output
+from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, out
+
+log = logging.getLogger("guard")
+IMAGE_BATCH = 64
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bank", default=os.environ.get("GUARD_BANK"),
+                        help="bank file (env GUARD_BANK)")
+    common.add_argument("--policy", default=os.environ.get("GUARD_POLICY"),
+                        help="policy TOML (env GUARD_POLICY; default: the shipped default policy)")
+    common.add_argument("--encoder", default=os.environ.get("GUARD_ENCODER"),
+                        help="encoder spec (env GUARD_ENCODER; default: the bank's encoder)")
+    common.add_argument("--state", default=os.environ.get("GUARD_STATE"),
+                        help="state folder: takedown list and audit log (env GUARD_STATE)")
+    common.add_argument("--json", action="store_true", help="JSONL on stdout, one verdict per item")
+    common.add_argument("--device", help="cuda, cpu, ... (default: CUDA when available)")
+    common.add_argument("--allow-download", action="store_true",
+                        help="let a production encoder spec download its weights once")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="guard", description="Keep protected characters out of "
+                                     "what a diffusion platform trains, loads, generates and publishes.")
+    parser.add_argument("--version", action="version", version=f"diffusion-guard {__version__}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    bank = groups.add_parser("bank", help="build and inspect banks").add_subparsers(dest="cmd", required=True)
+    p = bank.add_parser("build", parents=[common], help="build a bank from a references folder")
+    p.add_argument("refs_dir", help="one sub-folder per character, each with a character.toml")
+    p.add_argument("-o", "--output", required=True, help="bank file to write (.safetensors)")
+    p.add_argument("--reuse", help="an earlier bank whose unchanged embeddings are reused")
+    p.set_defaults(run=cmd_bank_build)
+    p = bank.add_parser("info", parents=[common], help="describe a bank")
+    p.add_argument("bank_file")
+    p.set_defaults(run=cmd_bank_info)
+    p = bank.add_parser("add", parents=[common], help="add or replace characters (others are not re-encoded)")
+    p.add_argument("bank_file")
+    p.add_argument("character_dirs", nargs="+")
+    p.set_defaults(run=cmd_bank_add)
+    p = bank.add_parser("remove", parents=[common], help="remove characters from a bank")
+    p.add_argument("bank_file")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(run=cmd_bank_remove)
+
+    check = groups.add_parser("check", help="check prompts and images").add_subparsers(dest="cmd", required=True)
+    p = check.add_parser("image", parents=[common], help="check image files (folders: recursively)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--surface", default=Surface.GENERATED_IMAGE.value,
+                   choices=["generated_image", "cover_image", "training_image"])
+    p.add_argument("--account", help="the account that uploads or generates")
+    p.set_defaults(run=cmd_check_image)
+    p = check.add_parser("prompt", parents=[common], help="check a prompt, or many (one per line)")
+    p.add_argument("text", nargs="?", help="the prompt; '-' reads prompts from stdin, one per line")
+    p.add_argument("--file", help="read prompts from this file, one per line")
+    p.add_argument("--negative", help="the negative prompt (never a finding)")
+    p.add_argument("--account", help="the account that submits the prompt")
+    p.set_defaults(run=cmd_check_prompt)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        err.print(f"[red]guard: {exc}[/]", highlight=False)
+        return EXIT_USAGE
+    except GuardError as exc:
+        err.print(f"[red]guard: {exc}[/]", highlight=False)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("guard: interrupted")
+        return EXIT_FAILED
+
+
+# Commands ----------------------------------------------------------------------------------
+def _encoder_options(args) -> dict:
+    return {"device": args.device, "allow_download": args.allow_download or None}
+
+
+def _guard(args) -> Guard:
+    if not args.bank:
+        raise ConfigError("no bank given: pass --bank BANK or set GUARD_BANK")
+    guard = Guard.open(args.bank, args.policy, args.encoder, **_encoder_options(args))
+    if not guard.encoder.meaningful and not args.json:
+        err.print(f"[yellow]encoder: {guard.encoder.label}[/]", highlight=False)
+    return guard
+
+
+def cmd_bank_build(args) -> int:
+    if not args.encoder:
+        raise ConfigError("bank build needs --encoder (or GUARD_ENCODER), e.g. --encoder ViT-L-14/openai")
+    encoder = load_encoder(args.encoder, **_encoder_options(args))
+    previous = Bank.load(args.reuse) if args.reuse else None
+    bank = build_bank(args.refs_dir, encoder, previous)
+    digest = bank.save(args.output)
+    return _report_bank(args, bank, f"wrote {args.output} (sha256 {digest[:16]}…)")
+
+
+def cmd_bank_info(args) -> int:
+    return _report_bank(args, Bank.load(args.bank_file), None)
+
+
+def cmd_bank_add(args) -> int:
+    bank = Bank.load(args.bank_file)
+    encoder = load_encoder(args.encoder or bank.encoder, **_encoder_options(args))
+    added = add_characters(bank, [Path(d) for d in args.character_dirs], encoder)
+    bank.save(args.bank_file)
+    return _report_bank(args, bank, f"added or replaced: {', '.join(added)}")
+
+
+def cmd_bank_remove(args) -> int:
+    bank = Bank.load(args.bank_file)
+    for cid in args.ids:
+        bank.remove(cid)
+    bank.save(args.bank_file)
+    return _report_bank(args, bank, f"removed: {', '.join(args.ids)}")
+
+
+def _report_bank(args, bank: Bank, message: str | None) -> int:
+    info = bank.info()
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+        return EXIT_OK
+    if message:
+        out.print(message, highlight=False)
+    out.print(f"bank {info['path']}: {info['characters']} characters, {info['image_exemplars']} image and "
+              f"{info['text_exemplars']} text exemplars, encoder {info['encoder']} (dim {info['dim']})",
+              highlight=False)
+    for c in info["per_character"]:
+        names = " / ".join(dict.fromkeys(c["names"].values())) or c["id"]
+        out.print(f"  {c['id']}: {names} · holder {c['holder'] or '-'} · {c['references']} references · "
+                  f"{c['aliases']} names and aliases", highlight=False)
+    return EXIT_OK
+
+
+def cmd_check_image(args) -> int:
+    guard = _guard(args)
+    paths = _expand_images(args.paths)
+    verdicts = []
+    with output.progress(len(paths), "checking images") as advance:
+        for start in range(0, len(paths), IMAGE_BATCH):
+            chunk = paths[start:start + IMAGE_BATCH]
+            batch = guard.check_images(chunk, surface=args.surface, account=args.account)
+            _emit(args, batch)
+            verdicts += batch
+            advance(len(chunk))
+    return _finish(args, verdicts, "images")
+
+
+def cmd_check_prompt(args) -> int:
+    prompts = _read_prompts(args)
+    guard = _guard(args)
+    verdicts = []
+    with output.progress(len(prompts), "checking prompts") as advance:
+        for prompt in prompts:
+            verdict = guard.check_prompt(prompt, negative=args.negative, account=args.account)
+            _emit(args, [verdict])
+            verdicts.append(verdict)
+            advance(1)
+    return _finish(args, verdicts, "prompts")
+
+
+def _read_prompts(args) -> list[str]:
+    if (args.text is None) == (args.file is None):
+        raise ConfigError("give one prompt as TEXT, '-' to read prompts from stdin, or --file FILE")
+    if args.file is None and args.text != "-":
+        return [args.text]
+    try:
+        raw = sys.stdin.buffer.read() if args.file is None else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--file {args.file}: cannot read it ({exc.strerror or exc})") from None
+    # Odd encodings are decoded with replacement rather than refused: a prompt is still screened.
+    return [line for line in raw.decode("utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def _emit(args, verdicts) -> None:
+    if args.json:
+        output.emit_jsonl(verdicts)
+
+
+def _finish(args, verdicts, title: str) -> int:
+    if not args.json:
+        output.print_table(verdicts, title=title)
+    return output.exit_code(verdicts)
+
+
+def _expand_images(paths: Sequence[str]) -> list[str]:
+    """Files as given (a missing one becomes a format verdict); folders: their images, sorted."""
+    found: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(raw)
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Printing verdicts: JSONL for scripts, a table for people, a progress bar on terminals."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..verdict import Action, Verdict
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FLAGGED, EXIT_BLOCKED = 0, 1, 2, 3, 4
+PROGRESS_FROM = 8  # items; fewer finish before a bar would help
+_STYLE = {Action.ALLOW: "green", Action.FLAG: "yellow", Action.BLOCK: "bold red"}
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def exit_code(verdicts: Iterable[Verdict]) -> int:
+    """0 all allowed, 3 something flagged, 4 something blocked, 1 the guard itself failed."""
+    verdicts = list(verdicts)
+    if any(v.error for v in verdicts):
+        return EXIT_FAILED
+    strongest = Action.strongest(v.action for v in verdicts)
+    return {Action.ALLOW: EXIT_OK, Action.FLAG: EXIT_FLAGGED, Action.BLOCK: EXIT_BLOCKED}[strongest]
+
+
+def emit_jsonl(verdicts: Iterable[Verdict]) -> None:
+    for verdict in verdicts:
+        sys.stdout.write(verdict.to_json() + "\n")
+    sys.stdout.flush()
+
+
+def summarise(finding) -> str:
+    ev = finding.evidence
+    detail = ev.get("reference") or ev.get("alias") or ev.get("reason") or ev.get("key") or ""
+    if "authorized_account" in ev:
+        detail += f" (authorized: {ev['authorized_account']})"
+    return (f"{finding.subject} {finding.signal.value} {finding.score:.3f}≥{finding.threshold:.2f} "
+            f"{finding.action.value} {detail}").strip()
+
+
+def print_table(verdicts: Sequence[Verdict], title: str | None = None) -> None:
+    table = Table(title=title, show_lines=False)
+    table.add_column("item", overflow="fold")
+    table.add_column("action")
+    table.add_column("findings", overflow="fold")
+    for v in verdicts:
+        findings = "\n".join(summarise(f) for f in v.findings) or "-"
+        if v.error:
+            findings = f"guard error: {v.error}\n{findings}".rstrip("-\n")
+        table.add_row(v.subject, f"[{_STYLE[v.action]}]{v.action.value}[/]", findings)
+    out.print(table)
+    counts = {a: sum(v.action is a for v in verdicts) for a in Action}
+    out.print(" · ".join(f"{counts[a]} {a.value}" for a in Action))
+
+
+@contextmanager
+def progress(total: int, label: str) -> Iterator:
+    """A progress bar on stderr when it is a terminal and the job is long enough."""
+    if total < PROGRESS_FROM or not err.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

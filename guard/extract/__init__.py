@@ -1,0 +1,1 @@
+"""Signal extraction: text normal form, image hashes, model-file facts."""

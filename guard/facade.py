@@ -1,0 +1,262 @@
+"""`Guard`: the one facade every adapter calls.
+
+It owns a bank, a policy and an encoder; each ``check_*`` method extracts signals, asks
+the indexes for matches, lets the policy decide, and returns verdicts that all pass
+through `Guard._finish` (versions stamped there, and recorded there once an audit log
+is configured).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import __version__
+from .bank import Bank, Character
+from .encoders import load_encoder
+from .errors import ConfigError
+from .extract.text import fold
+from .images import ImageInput, describe
+from .match.embedding import EmbeddingIndex, Match
+from .match.text import TextMatcher
+from .policy import Policy
+from .verdict import Action, Finding, Signal, Surface, Verdict, format_finding
+
+log = logging.getLogger("guard")
+
+IMAGE_SURFACES = (Surface.TRAINING_IMAGE, Surface.GENERATED_IMAGE, Surface.COVER_IMAGE)
+
+
+class Guard:
+    """Checks items against a bank under a policy.
+
+    Args:
+        bank: the protected characters.
+        policy: thresholds and rules (default: the shipped default policy).
+        encoder: the encoder the bank was built with (checked; default: load the bank's own).
+
+    Raises:
+        BankError: the encoder is not the one the bank was built with.
+
+    Example:
+        >>> guard = Guard.open("embeddings/demo-bank.safetensors", encoder="tiny-test")
+        >>> guard.check_prompt("ultraman fighting a kaiju").action
+        <Action.BLOCK: 'block'>
+    """
+
+    def __init__(self, bank: Bank, policy: Policy | None = None, encoder=None):
+        self.bank = bank
+        self.policy = policy or Policy.load()
+        self.encoder = encoder if encoder is not None else _encoder_for_bank(bank)
+        bank.require_encoder(self.encoder.name)
+        self.versions = {
+            "guard": __version__,
+            "bank": bank.digest,
+            "policy": self.policy.digest,
+            "encoder": self.encoder.label,
+        }
+        self._characters: list[Character] = bank.characters
+        emb, owner, self._image_ref = bank.image_matrix()
+        self._image_index = EmbeddingIndex(emb, owner)
+        text_policy = self.policy.section("text")
+        self._text = TextMatcher.from_bank(bank, benign=text_policy.get("benign", []),
+                                           fuzzy=text_policy.get("fuzzy", True))
+        temb, towner = bank.text_matrix()
+        self._text_index = EmbeddingIndex(temb, towner)
+        self._text_rows = [t for c in self._characters for t in bank.entry(c.id).texts]
+        self._windows = (int(text_policy.get("window_words", 12)), int(text_policy.get("window_stride", 6)))
+        self._steer = bool(text_policy.get("steer", False))
+
+    @classmethod
+    def open(cls, bank: str | os.PathLike, policy: str | os.PathLike | None = None,
+             encoder: str | None = None, **encoder_options: Any) -> "Guard":
+        """Load a bank file, a policy file and an encoder spec (default: the bank's encoder)."""
+        loaded = Bank.load(bank)
+        spec = encoder or os.environ.get("GUARD_ENCODER") or loaded.encoder
+        if spec != loaded.encoder:
+            loaded.require_encoder(spec)  # fail before spending time loading a model
+        return cls(loaded, Policy.load(policy), load_encoder(spec, **encoder_options))
+
+    # Images ---------------------------------------------------------------------------------
+    def check_images(self, images: Sequence[ImageInput], surface: Surface | str = Surface.GENERATED_IMAGE,
+                     account: str | None = None, subjects: Sequence[str] | None = None) -> list[Verdict]:
+        """One verdict per image, in input order.
+
+        Args:
+            images: paths, encoded bytes, PIL images or HxWxC arrays.
+            surface: where the images sit (``generated_image``, ``cover_image``, ``training_image``).
+            account: the uploading/generating account; authorized accounts are allowed for
+                their characters (the verdict says so).
+            subjects: names for the verdicts (default: the path, or ``image[i]``).
+
+        Unreadable images get a ``format`` verdict; a failure of the guard itself gets a
+        verdict with ``error`` set, which the policy's fail mode turns into an action.
+        """
+        surface = _surface(surface, IMAGE_SURFACES)
+        names = list(subjects) if subjects is not None else [describe(x, i) for i, x in enumerate(images)]
+        if len(names) != len(images):
+            raise ValueError(f"subjects has {len(names)} names for {len(images)} images")
+        floor = self._floor(Signal.CLIP_IMAGE, surface)
+        verdicts: list[Verdict | None] = [None] * len(images)
+        try:
+            for idx, emb, failures, digests in self.encoder.iter_image_batches(images):
+                for i, reason in failures.items():
+                    verdicts[i] = format_finding(names[i], surface, reason)
+                for i, matches in zip(idx, self._image_index.search(emb, floor)):
+                    findings = self._image_findings(matches, surface, account, digests[i])
+                    verdicts[i] = Verdict(names[i], surface, tuple(findings))
+        except (RuntimeError, ValueError, OSError, MemoryError) as exc:
+            log.exception("image check failed")
+            error = f"{type(exc).__name__}: {exc}"
+            verdicts = [v or Verdict(names[i], surface, error=error, error_action=self.policy.error_action)
+                        for i, v in enumerate(verdicts)]
+        return [self._finish(v) for v in verdicts]  # type: ignore[arg-type]
+
+    def _image_findings(self, matches: Iterable[Match], surface: Surface, account: str | None,
+                        digest: str) -> list[Finding]:
+        findings = []
+        for m in matches:
+            char = self._characters[m.owner]
+            ref = char.references[int(self._image_ref[m.exemplar])]
+            evidence = {"reference": ref.file, "reference_sha256": ref.sha256, "input_sha256": digest}
+            finding = self._decide(Signal.CLIP_IMAGE, min(m.score, 1.0), surface, char, account, evidence)
+            if finding is not None:
+                findings.append(finding)
+            if len(findings) == self.policy.top_k:
+                break
+        return findings
+
+    # Text ------------------------------------------------------------------------------------
+    def check_prompt(self, text: str, negative: str | None = None, account: str | None = None,
+                     subject: str | None = None) -> Verdict:
+        """Screen a prompt before any GPU work.
+
+        Names in the ``negative`` prompt are a mitigation, never a finding. Under a policy with
+        ``[text] steer = true``, a prompt that would only be flagged is allowed instead, and
+        the verdict's ``steer`` holds the names and keywords to append to its negative prompt.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        findings = self.text_findings(text, Surface.PROMPT, account)
+        findings += self._clip_text_findings(text, Surface.PROMPT, account)
+        verdict = Verdict(subject if subject is not None else text, Surface.PROMPT, tuple(findings))
+        if self._steer and verdict.action is Action.FLAG:
+            verdict = self._steered(verdict, negative)
+        return self._finish(verdict)
+
+    def text_findings(self, text: str, surface: Surface, account: str | None = None,
+                      where: Mapping[str, Any] | None = None) -> list[Finding]:
+        """Alias and keyword findings for any text (prompt, title, tag, training metadata).
+
+        ``where`` is added to every finding's evidence (e.g. which metadata key held the text).
+        """
+        findings = []
+        for hit in self._text.find(text):
+            signal = Signal.ALIAS if hit.kind == "alias" else Signal.KEYWORDS
+            if signal is Signal.ALIAS:
+                score = 1.0 - 0.1 * hit.evidence.get("edit_distance", 0)
+            else:
+                score = len(hit.evidence["keywords"]) / len(hit.evidence["set"])
+            finding = self._decide(signal, score, surface, self.bank.character(hit.character), account,
+                                   {**hit.evidence, **(where or {})})
+            if finding is not None:
+                findings.append(finding)
+        return findings
+
+    def _clip_text_findings(self, text: str, surface: Surface, account: str | None) -> list[Finding]:
+        """The prompt, and windows of it, against the bank's name embeddings."""
+        if self._text_index.size == 0 or not text.strip():
+            return []
+        windows = _windows(text, *self._windows)
+        matches = self._text_index.search(self.encoder.encode_texts(windows), self._floor(Signal.CLIP_TEXT, surface))
+        best: dict[int, tuple[float, int, int]] = {}
+        for w, row in enumerate(matches):
+            for m in row:
+                if m.score > best.get(m.owner, (-2.0,))[0]:
+                    best[m.owner] = (m.score, w, m.exemplar)
+        findings = []
+        for owner, (score, w, row) in sorted(best.items(), key=lambda kv: -kv[1][0]):
+            evidence = {"window": windows[w], "name": self._text_rows[row]}
+            if not self.encoder.meaningful:
+                evidence["note"] = "tiny test encoder: this similarity has no semantic meaning"
+            finding = self._decide(Signal.CLIP_TEXT, min(score, 1.0), surface, self._characters[owner],
+                                   account, evidence)
+            if finding is not None:
+                findings.append(finding)
+        return findings[: self.policy.top_k]
+
+    def _steered(self, verdict: Verdict, negative: str | None) -> Verdict:
+        """Allow a flagged prompt, steering away from the flagged characters (CopyCat mitigation)."""
+        already = fold(negative or "")
+        terms: dict[str, None] = {}
+        findings = []
+        for f in verdict.findings:
+            if f.action is Action.FLAG:
+                char = self.bank.character(f.subject)
+                for term in [*char.names.values(), *char.aliases, *itertools.chain(*char.keywords)]:
+                    if fold(term) not in already:
+                        terms.setdefault(term, None)
+                f = dataclasses.replace(f, action=Action.ALLOW, evidence={**f.evidence, "steered": True})
+            findings.append(f)
+        return dataclasses.replace(verdict, findings=tuple(findings), steer=", ".join(terms) or None)
+
+    # Shared -----------------------------------------------------------------------------------
+    def _decide(self, signal: Signal, score: float, surface: Surface, char: Character,
+                account: str | None, evidence: Mapping[str, Any]) -> Finding | None:
+        decision = self.policy.decide(signal, score, surface, encoder=self.encoder.name,
+                                      character=char.id, bank_thresholds=char.thresholds)
+        if decision is None:
+            return None
+        action, evidence = decision.action, dict(evidence)
+        if account is not None and account in self.authorized(char.id):
+            evidence["authorized_account"] = account
+            evidence["would_be"] = action.value
+            action = Action.ALLOW
+        return Finding(char.id, signal, score, decision.threshold, action, evidence)
+
+    def authorized(self, character: str) -> frozenset[str]:
+        """Accounts allowed to use ``character``: the bank's and the policy's allowlists."""
+        return frozenset(self.bank.character(character).authorized_accounts) | \
+            self.policy.authorized_accounts(character)
+
+    def _floor(self, signal: Signal, surface: Surface) -> float:
+        chars = [(c.id, c.thresholds) for c in self._characters]
+        return self.policy.lowest_threshold(signal, surface, self.encoder.name, chars)
+
+    def _finish(self, verdict: Verdict) -> Verdict:
+        """Every verdict leaves through here: versions are stamped (and recorded, later)."""
+        return verdict.with_versions(self.versions)
+
+
+def _surface(value: Surface | str, allowed: Sequence[Surface]) -> Surface:
+    try:
+        surface = Surface(value)
+    except ValueError:
+        raise ValueError(f"surface={value!r} is not a surface; use one of "
+                         f"{', '.join(s.value for s in allowed)}") from None
+    if surface not in allowed:
+        raise ValueError(f"surface={surface.value!r} does not apply here; use one of "
+                         f"{', '.join(s.value for s in allowed)}")
+    return surface
+
+
+def _windows(text: str, size: int, stride: int) -> list[str]:
+    """The whole text, and overlapping word windows of it when it is long (a name diluted in
+    a 70-token prompt weighs little in the whole prompt's embedding)."""
+    words = text.split()
+    windows = [text]
+    if len(words) > size:
+        windows += [" ".join(words[i:i + size]) for i in range(0, len(words) - size + stride, stride)]
+    return windows
+
+
+def _encoder_for_bank(bank: Bank):
+    try:
+        return load_encoder(bank.encoder)
+    except ConfigError as exc:
+        raise ConfigError(f"the bank's encoder {bank.encoder!r} cannot be loaded by name ({exc}); "
+                          "pass the encoder explicitly") from None

@@ -1,0 +1,220 @@
+"""The policy: the only place that turns scores into allow / flag / block.
+
+A policy is a TOML file (see ``guard/data/default-policy.toml`` for the documented
+default). Thresholds are layered; a later layer overrides an earlier one key by key::
+
+    [signals.<signal>]                                   every surface, every encoder
+    [signals.<signal>.surfaces.<surface>]                one surface
+    [encoders."<encoder>".signals.<signal>]              one encoder (thresholds are encoder-specific)
+    [encoders."<encoder>".signals.<signal>.surfaces.<surface>]
+    character.toml [thresholds.<signal>] in the bank      one character, as its bank says
+    [characters.<id>.signals.<signal>]                   one character, as the platform says
+
+A layer may set ``flag`` and ``block`` (score thresholds, for similarity signals) or
+``action`` (for exact signals such as an alias or a file hash).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import ConfigError
+from .verdict import Action, Signal, Surface
+
+DEFAULT_POLICY = Path(__file__).resolve().parent / "data" / "default-policy.toml"
+
+_FAIL_MODES = {"closed": Action.BLOCK, "review": Action.FLAG, "open": Action.ALLOW}
+_LAYER_KEYS = {"flag", "block", "action"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    threshold: float
+
+
+class Policy:
+    """A validated policy. Build with `Policy.load` or `Policy.from_dict`."""
+
+    def __init__(self, data: Mapping[str, Any], source: str = "<dict>"):
+        self.source = source
+        if data.get("policy", {}).get("inherit", True):
+            # A platform's policy states what differs from the shipped default.
+            data = _merged(_default_data(), data)
+        self._data = _validate(data, source)
+        settings = self._data.get("policy", {})
+        self.name: str = settings.get("name", "unnamed")
+        self.fail_mode: str = settings.get("fail_mode", "closed")
+        self.top_k: int = int(settings.get("top_k", 3))
+        self.digest = hashlib.sha256(
+            json.dumps(self._data, sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Policy":
+        """Read a policy file, layered over the shipped default unless it sets
+        ``[policy] inherit = false``; ``None`` loads the shipped default policy.
+
+        Raises:
+            ConfigError: unreadable file, invalid TOML, unknown keys or bad values.
+        """
+        path = Path(path) if path is not None else DEFAULT_POLICY
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"policy {path}: cannot read it ({exc.strerror or exc})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"policy {path}: not valid TOML: {exc}") from None
+        return cls(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        """A policy from a dict shaped like the TOML file (layered over the default, too)."""
+        return cls(data)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """A top-level table for a component that owns it (e.g. ``text``)."""
+        return self._data.get(name, {})
+
+    @property
+    def error_action(self) -> Action:
+        """What "could not evaluate" becomes under this policy's fail mode."""
+        return _FAIL_MODES[self.fail_mode]
+
+    def layers(self, signal: Signal, surface: Surface, encoder: str | None = None,
+               character: str | None = None, bank_thresholds: Mapping[str, Any] | None = None
+               ) -> dict[str, Any]:
+        """The merged settings for one signal, from the most general layer to the most specific."""
+        merged: dict[str, Any] = {}
+        sig = self._data.get("signals", {}).get(signal.value, {})
+        enc = self._data.get("encoders", {}).get(encoder or "", {}).get("signals", {}).get(signal.value, {})
+        chars = self._data.get("characters", {}).get(character or "", {}).get("signals", {})
+        for layer in (
+            sig,
+            sig.get("surfaces", {}).get(surface.value, {}),
+            enc,
+            enc.get("surfaces", {}).get(surface.value, {}),
+            (bank_thresholds or {}).get(signal.value, {}),
+            chars.get(signal.value, {}),
+        ):
+            merged.update({k: v for k, v in layer.items() if k in _LAYER_KEYS})
+        return merged
+
+    def decide(self, signal: Signal, score: float, surface: Surface, *, encoder: str | None = None,
+               character: str | None = None, bank_thresholds: Mapping[str, Any] | None = None
+               ) -> Decision | None:
+        """The action for one score, or ``None`` when the score stays below every threshold."""
+        settings = self.layers(signal, surface, encoder, character, bank_thresholds)
+        if "action" in settings:
+            return Decision(Action(settings["action"]), 1.0)
+        block, flag = settings.get("block"), settings.get("flag")
+        if block is not None and score >= block:
+            return Decision(Action.BLOCK, float(block))
+        if flag is not None and score >= flag:
+            return Decision(Action.FLAG, float(flag))
+        return None
+
+    def lowest_threshold(self, signal: Signal, surface: Surface, encoder: str | None,
+                         characters: Iterable[tuple[str, Mapping[str, Any] | None]] = ()) -> float:
+        """The smallest score that could produce a finding, over every character override."""
+        values = []
+        for character, bank in [(None, None), *characters]:
+            layer = self.layers(signal, surface, encoder, character, bank)
+            values += [layer[k] for k in ("flag", "block") if layer.get(k) is not None]
+        return min(values) if values else float("inf")
+
+    def authorized_accounts(self, character: str) -> frozenset[str]:
+        return frozenset(self._data.get("characters", {}).get(character, {}).get("authorized_accounts", []))
+
+
+@functools.lru_cache(maxsize=1)
+def _default_text() -> str:
+    return DEFAULT_POLICY.read_text(encoding="utf-8")
+
+
+def _default_data() -> dict[str, Any]:
+    return tomllib.loads(_default_text())
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    def fail(where: str, message: str) -> ConfigError:
+        return ConfigError(f"policy {source}: {where}: {message}")
+
+    allowed_top = {"policy", "signals", "encoders", "characters", "text", "dataset", "pdq", "strikes"}
+    unknown = set(data) - allowed_top
+    if unknown:
+        raise fail(", ".join(sorted(unknown)), f"unknown section; allowed: {', '.join(sorted(allowed_top))}")
+    settings = data.get("policy", {})
+    unknown_settings = set(settings) - {"name", "fail_mode", "top_k", "inherit"}
+    if unknown_settings:
+        raise fail("policy", f"unknown key(s) {', '.join(sorted(unknown_settings))}; "
+                             "allowed: name, fail_mode, top_k, inherit")
+    if settings.get("fail_mode", "closed") not in _FAIL_MODES:
+        raise fail("policy.fail_mode", f"{settings.get('fail_mode')!r} is not one of {', '.join(_FAIL_MODES)}")
+    top_k = settings.get("top_k", 3)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise fail("policy.top_k", f"{top_k!r} must be a positive integer")
+
+    def check_signals(table: Any, where: str) -> None:
+        if not isinstance(table, dict):
+            raise fail(where, "must be a table")
+        for name, layer in table.items():
+            try:
+                Signal(name)
+            except ValueError:
+                raise fail(f"{where}.{name}", f"unknown signal; known: {', '.join(s.value for s in Signal)}") from None
+            check_layer(layer, f"{where}.{name}")
+            for surface, sub in layer.get("surfaces", {}).items():
+                try:
+                    Surface(surface)
+                except ValueError:
+                    raise fail(f"{where}.{name}.surfaces.{surface}",
+                               f"unknown surface; known: {', '.join(s.value for s in Surface)}") from None
+                check_layer(sub, f"{where}.{name}.surfaces.{surface}")
+
+    def check_layer(layer: Any, where: str) -> None:
+        if not isinstance(layer, dict):
+            raise fail(where, "must be a table")
+        extra = set(layer) - _LAYER_KEYS - {"surfaces"}
+        if extra:
+            raise fail(where, f"unknown key(s) {', '.join(sorted(extra))}; allowed: flag, block, action, surfaces")
+        for key in ("flag", "block"):
+            value = layer.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0):
+                raise fail(f"{where}.{key}", f"{value!r} must be a number in [-1, 1]")
+        if layer.get("flag") is not None and layer.get("block") is not None and layer["flag"] > layer["block"]:
+            raise fail(where, f"flag={layer['flag']} is above block={layer['block']}; flag must be the lower")
+        if "action" in layer and layer["action"] not in {a.value for a in Action}:
+            raise fail(f"{where}.action", f"{layer['action']!r} is not allow, flag or block")
+
+    text = data.get("text", {})
+    text_types = {"benign": list, "fuzzy": bool, "steer": bool, "window_words": int, "window_stride": int}
+    for key, value in text.items():
+        if key not in text_types:
+            raise fail(f"text.{key}", f"unknown key; allowed: {', '.join(text_types)}")
+        expected = text_types[key]
+        if not isinstance(value, expected) or (expected is int and (isinstance(value, bool) or value < 1)):
+            raise fail(f"text.{key}", f"{value!r} must be a {'positive ' if expected is int else ''}"
+                                      f"{expected.__name__}")
+    check_signals(data.get("signals", {}), "signals")
+    for enc, table in data.get("encoders", {}).items():
+        check_signals(table.get("signals", {}), f"encoders.{enc}.signals")
+    for cid, table in data.get("characters", {}).items():
+        check_signals(table.get("signals", {}), f"characters.{cid}.signals")
+        accounts = table.get("authorized_accounts", [])
+        if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
+            raise fail(f"characters.{cid}.authorized_accounts", "must be a list of account names")
+    return json.loads(json.dumps(data))  # a plain, detached copy
