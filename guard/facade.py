@@ -17,13 +17,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import __version__
 from .bank import Bank, Character
-from .encoders import load_encoder
+from .encoders import encoder_label, encoder_name, load_encoder
 from .errors import ConfigError
+from .extract.model_file import inspect_model
 from .extract.text import fold
+from .extract.training_metadata import metadata_texts
 from .images import ImageInput, describe
 from .match.embedding import EmbeddingIndex, Match
 from .match.text import TextMatcher
 from .policy import Policy
+from .state import TakedownList
 from .verdict import Action, Finding, Signal, Surface, Verdict, format_finding
 
 log = logging.getLogger("guard")
@@ -48,16 +51,20 @@ class Guard:
         <Action.BLOCK: 'block'>
     """
 
-    def __init__(self, bank: Bank, policy: Policy | None = None, encoder=None):
+    def __init__(self, bank: Bank, policy: Policy | None = None, encoder=None,
+                 state: str | os.PathLike | None = None):
         self.bank = bank
         self.policy = policy or Policy.load()
-        self.encoder = encoder if encoder is not None else _encoder_for_bank(bank)
-        bank.require_encoder(self.encoder.name)
+        # The encoder is loaded when first needed: scanning model files never needs it.
+        self._encoder = encoder
+        if encoder is not None:
+            bank.require_encoder(encoder.name)
+        self.takedowns = TakedownList(state) if state is not None else None
         self.versions = {
             "guard": __version__,
             "bank": bank.digest,
             "policy": self.policy.digest,
-            "encoder": self.encoder.label,
+            "encoder": encoder_label(bank.encoder),
         }
         self._characters: list[Character] = bank.characters
         emb, owner, self._image_ref = bank.image_matrix()
@@ -70,16 +77,27 @@ class Guard:
         self._text_rows = [t for c in self._characters for t in bank.entry(c.id).texts]
         self._windows = (int(text_policy.get("window_words", 12)), int(text_policy.get("window_stride", 6)))
         self._steer = bool(text_policy.get("steer", False))
+        self._encoder_options: dict[str, Any] = {}
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = _encoder_for_bank(self.bank, self._encoder_options)
+        return self._encoder
 
     @classmethod
     def open(cls, bank: str | os.PathLike, policy: str | os.PathLike | None = None,
-             encoder: str | None = None, **encoder_options: Any) -> "Guard":
-        """Load a bank file, a policy file and an encoder spec (default: the bank's encoder)."""
+             encoder: str | None = None, state: str | os.PathLike | None = None,
+             **encoder_options: Any) -> "Guard":
+        """Load a bank file, a policy file and an encoder spec (default: the bank's encoder,
+        loaded when first needed), with an optional state folder (takedown list, audit log)."""
         loaded = Bank.load(bank)
-        spec = encoder or os.environ.get("GUARD_ENCODER") or loaded.encoder
-        if spec != loaded.encoder:
-            loaded.require_encoder(spec)  # fail before spending time loading a model
-        return cls(loaded, Policy.load(policy), load_encoder(spec, **encoder_options))
+        spec = encoder or os.environ.get("GUARD_ENCODER")
+        if spec and spec != loaded.encoder:
+            loaded.require_encoder(encoder_name(spec))  # fails before any model is loaded
+        guard = cls(loaded, Policy.load(policy), None, state)
+        guard._encoder_options = {"spec": spec or loaded.encoder, **encoder_options}
+        return guard
 
     # Images ---------------------------------------------------------------------------------
     def check_images(self, images: Sequence[ImageInput], surface: Surface | str = Surface.GENERATED_IMAGE,
@@ -149,15 +167,17 @@ class Guard:
         return self._finish(verdict)
 
     def text_findings(self, text: str, surface: Surface, account: str | None = None,
-                      where: Mapping[str, Any] | None = None) -> list[Finding]:
+                      where: Mapping[str, Any] | None = None, alias_signal: Signal = Signal.ALIAS
+                      ) -> list[Finding]:
         """Alias and keyword findings for any text (prompt, title, tag, training metadata).
 
-        ``where`` is added to every finding's evidence (e.g. which metadata key held the text).
+        ``where`` is added to every finding's evidence (e.g. which metadata key held the text);
+        ``alias_signal`` is the signal a name counts as (``metadata`` inside model files).
         """
         findings = []
         for hit in self._text.find(text):
-            signal = Signal.ALIAS if hit.kind == "alias" else Signal.KEYWORDS
-            if signal is Signal.ALIAS:
+            signal = alias_signal if hit.kind == "alias" else Signal.KEYWORDS
+            if hit.kind == "alias":
                 score = 1.0 - 0.1 * hit.evidence.get("edit_distance", 0)
             else:
                 score = len(hit.evidence["keywords"]) / len(hit.evidence["set"])
@@ -204,10 +224,96 @@ class Guard:
             findings.append(f)
         return dataclasses.replace(verdict, findings=tuple(findings), steer=", ".join(terms) or None)
 
+    # Model files -------------------------------------------------------------------------------
+    def check_model_file(self, path: str | os.PathLike, *, account: str | None = None,
+                         trigger_words: Sequence[str] = (), metadata_only: bool = False,
+                         subject: str | None = None) -> Verdict:
+        """Gate a LoRA / Checkpoint / embedding file before it is loaded or published.
+
+        Args:
+            path: the file (never unpickled; safetensors headers are read with bounds).
+            account: the uploader; authorized accounts are allowed for their characters.
+            trigger_words: words the uploader declared (e.g. from the upload form).
+            metadata_only: read the safetensors header only (no hashes, no fingerprint,
+                so no takedown matching).
+
+        The verdict's ``facts`` carry the format, base model family, hashes and, for pickle
+        files, the globals the file would import.
+        """
+        report = inspect_model(path, metadata_only=metadata_only)
+        findings = [_format(reason) for reason in report.problems]
+        facts = report.facts()
+        if report.pickle is not None:
+            facts["pickle_globals"] = [f"{m}.{n}" for m, n in sorted(report.pickle.globals)]
+            for reason in report.pickle.unsafe[:20]:
+                decision = self.policy.decide(Signal.PICKLE, 1.0, Surface.MODEL_FILE)
+                findings.append(Finding("unsafe-pickle", Signal.PICKLE, 1.0, 1.0,
+                                        decision.action if decision else Action.BLOCK, {"reason": reason}))
+        findings += self._metadata_findings(report.metadata, trigger_words, account)
+        findings += self._hash_mismatch(report)
+        findings += self._takedown_findings(report)
+        return self._finish(Verdict(subject or os.fspath(path), Surface.MODEL_FILE, tuple(findings), facts=facts))
+
+    def _metadata_findings(self, metadata: Mapping[str, str], trigger_words: Sequence[str],
+                           account: str | None) -> list[Finding]:
+        texts = list(metadata_texts(metadata)) + [(w, {"key": "trigger_words"}) for w in trigger_words]
+        kept: dict[tuple, Finding] = {}
+        for text, where in texts:
+            for f in self.text_findings(text, Surface.MODEL_FILE, account, where, alias_signal=Signal.METADATA):
+                # Texts come most-used tag first: keep the first finding per character, signal and key.
+                kept.setdefault((f.subject, f.signal, where["key"]), f)
+        return list(kept.values())
+
+    def _hash_mismatch(self, report) -> list[Finding]:
+        embedded = report.metadata.get("sshs_model_hash", "").strip().lower()
+        computed = report.hashes.tensor_sha256 if report.hashes else None
+        if not embedded or not computed or embedded == computed:
+            return []
+        action = Action(self.policy.section("model").get("hash_mismatch", "flag"))
+        return [Finding("sshs_model_hash", Signal.METADATA, 1.0, 1.0, action,
+                        {"key": "sshs_model_hash", "embedded": embedded, "computed": computed,
+                         "reason": "the tensor data changed after the hash was written"})]
+
+    def _takedown_findings(self, report) -> list[Finding]:
+        if self.takedowns is None or report.hashes is None:
+            return []
+        findings = []
+        for kind, entry in self.takedowns.by_hash(report.hashes.sha256, report.hashes.tensor_sha256):
+            signal = Signal.FILE_HASH if kind == "file_hash" else Signal.TENSOR_HASH
+            findings.append(self._takedown_finding(signal, 1.0, entry))
+        if report.fingerprint is not None and not findings:
+            floor = self.policy.lowest_threshold(Signal.FINGERPRINT, Surface.MODEL_FILE, self.bank.encoder)
+            for score, entry in self.takedowns.by_fingerprint(report.fingerprint, floor)[:3]:
+                findings.append(self._takedown_finding(Signal.FINGERPRINT, score, entry))
+        return [f for f in findings if f is not None]
+
+    def _takedown_finding(self, signal: Signal, score: float, entry) -> Finding | None:
+        decision = self.policy.decide(signal, score, Surface.MODEL_FILE, encoder=self.bank.encoder,
+                                      character=entry.character)
+        if decision is None:
+            return None
+        return Finding(f"takedown:{entry.notice}", signal, score, decision.threshold, decision.action,
+                       {"notice": entry.notice, "character": entry.character, "takedown_id": entry.id,
+                        "taken_down": entry.created})
+
+    def take_down(self, path: str | os.PathLike, notice: str, character: str | None = None,
+                  reason: str | None = None):
+        """Put a model file on the takedown list (hashes and fingerprint), so it stays down."""
+        if self.takedowns is None:
+            raise ConfigError("no state folder: pass --state DIR (or GUARD_STATE) to keep a takedown list")
+        if character is not None:
+            self.bank.character(character)  # a typo in the character id is an error, not a silent entry
+        report = inspect_model(path)
+        if report.hashes is None:
+            raise ConfigError(f"{os.fspath(path)} cannot be hashed: {'; '.join(report.problems) or 'unreadable'}")
+        return self.takedowns.add(notice, character=character, reason=reason, subject=os.fspath(path),
+                                  sha256=report.hashes.sha256, tensor_sha256=report.hashes.tensor_sha256,
+                                  fingerprint=report.fingerprint)
+
     # Shared -----------------------------------------------------------------------------------
     def _decide(self, signal: Signal, score: float, surface: Surface, char: Character,
                 account: str | None, evidence: Mapping[str, Any]) -> Finding | None:
-        decision = self.policy.decide(signal, score, surface, encoder=self.encoder.name,
+        decision = self.policy.decide(signal, score, surface, encoder=self.bank.encoder,
                                       character=char.id, bank_thresholds=char.thresholds)
         if decision is None:
             return None
@@ -225,7 +331,7 @@ class Guard:
 
     def _floor(self, signal: Signal, surface: Surface) -> float:
         chars = [(c.id, c.thresholds) for c in self._characters]
-        return self.policy.lowest_threshold(signal, surface, self.encoder.name, chars)
+        return self.policy.lowest_threshold(signal, surface, self.bank.encoder, chars)
 
     def _finish(self, verdict: Verdict) -> Verdict:
         """Every verdict leaves through here: versions are stamped (and recorded, later)."""
@@ -244,6 +350,10 @@ def _surface(value: Surface | str, allowed: Sequence[Surface]) -> Surface:
     return surface
 
 
+def _format(reason: str) -> Finding:
+    return format_finding("", Surface.MODEL_FILE, reason).findings[0]
+
+
 def _windows(text: str, size: int, stride: int) -> list[str]:
     """The whole text, and overlapping word windows of it when it is long (a name diluted in
     a 70-token prompt weighs little in the whole prompt's embedding)."""
@@ -254,9 +364,15 @@ def _windows(text: str, size: int, stride: int) -> list[str]:
     return windows
 
 
-def _encoder_for_bank(bank: Bank):
+def _encoder_for_bank(bank: Bank, options: Mapping[str, Any]):
+    options = dict(options)
+    spec = options.pop("spec", bank.encoder)
     try:
-        return load_encoder(bank.encoder)
+        encoder = load_encoder(spec, **options)
     except ConfigError as exc:
-        raise ConfigError(f"the bank's encoder {bank.encoder!r} cannot be loaded by name ({exc}); "
-                          "pass the encoder explicitly") from None
+        if spec != bank.encoder:
+            raise
+        raise ConfigError(f"the bank's encoder {bank.encoder!r} cannot be loaded by that name ({exc}); "
+                          "pass the encoder spec explicitly (--encoder)") from None
+    bank.require_encoder(encoder.name)
+    return encoder

@@ -153,7 +153,7 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     def fail(where: str, message: str) -> ConfigError:
         return ConfigError(f"policy {source}: {where}: {message}")
 
-    allowed_top = {"policy", "signals", "encoders", "characters", "text", "dataset", "pdq", "strikes"}
+    allowed_top = {"policy", "signals", "encoders", "characters", "text", "model", "dataset", "pdq", "strikes"}
     unknown = set(data) - allowed_top
     if unknown:
         raise fail(", ".join(sorted(unknown)), f"unknown section; allowed: {', '.join(sorted(allowed_top))}")
@@ -209,6 +209,11 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         if not isinstance(value, expected) or (expected is int and (isinstance(value, bool) or value < 1)):
             raise fail(f"text.{key}", f"{value!r} must be a {'positive ' if expected is int else ''}"
                                       f"{expected.__name__}")
+    for key, value in data.get("model", {}).items():
+        if key != "hash_mismatch":
+            raise fail(f"model.{key}", "unknown key; allowed: hash_mismatch")
+        if value not in {a.value for a in Action}:
+            raise fail(f"model.{key}", f"{value!r} is not allow, flag or block")
     check_signals(data.get("signals", {}), "signals")
     for enc, table in data.get("encoders", {}).items():
         check_signals(table.get("signals", {}), f"encoders.{enc}.signals")

@@ -126,6 +126,8 @@ class Verdict:
     error_action: Action = Action.BLOCK
     #: For prompts under a steering policy: text to append to the negative prompt.
     steer: str | None = None
+    #: What was established about the item whatever the action (format, hashes, ...).
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def action(self) -> Action:
@@ -153,6 +155,7 @@ class Verdict:
             error="; ".join(errors) if errors else None,
             error_action=error_action if errors else Action.BLOCK,
             steer=steer,
+            facts={**other.facts, **self.facts},
         )
 
     def with_versions(self, versions: Mapping[str, str]) -> "Verdict":
@@ -169,6 +172,8 @@ class Verdict:
         }
         if self.steer:
             data["steer"] = {"negative_prompt": self.steer}
+        if self.facts:
+            data["facts"] = dict(self.facts)
         return data
 
     def to_json(self) -> str:
@@ -184,6 +189,7 @@ class Verdict:
             versions=dict(data.get("versions") or {}),
             error=data.get("error"),
             steer=(data.get("steer") or {}).get("negative_prompt"),
+            facts=dict(data.get("facts") or {}),
         )
         # The stored action is the only trace of the fail mode that produced it.
         stored = _enum_value(Action, data.get("action", verdict.action.value), "action")

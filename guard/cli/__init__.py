@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,6 +20,7 @@ from ..bank import Bank, add_characters, build_bank
 from ..bank.character import IMAGE_SUFFIXES
 from ..encoders import load_encoder
 from ..errors import ConfigError, GuardError
+from ..extract.model_file import is_model_file
 from ..facade import Guard
 from ..verdict import Surface
 from . import output
@@ -84,6 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", help="the negative prompt (never a finding)")
     p.add_argument("--account", help="the account that submits the prompt")
     p.set_defaults(run=cmd_check_prompt)
+    p = groups.add_parser("scan", parents=[common], help="gate model files (LoRA, Checkpoint, embeddings)")
+    p.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
+    p.add_argument("--metadata-only", action="store_true", help="read safetensors headers only")
+    p.add_argument("--all", action="store_true", help="in folders, also check files without a model suffix")
+    p.add_argument("--workers", type=int, default=2, help="files checked at once (default 2)")
+    p.add_argument("--account", help="the uploading account")
+    p.add_argument("--trigger-words", nargs="*", default=[], help="trigger words declared with the upload")
+    p.set_defaults(run=cmd_scan)
+
+    takedown = groups.add_parser("takedown", help="the takedown list").add_subparsers(dest="cmd", required=True)
+    p = takedown.add_parser("add", parents=[common], help="take a model file down (and keep it down)")
+    p.add_argument("file")
+    p.add_argument("--notice", required=True, help="the notice this answers (ticket id)")
+    p.add_argument("--character", help="the protected character concerned")
+    p.add_argument("--reason")
+    p.set_defaults(run=cmd_takedown_add)
+    p = takedown.add_parser("list", parents=[common], help="list taken-down items")
+    p.set_defaults(run=cmd_takedown_list)
+    p = takedown.add_parser("remove", parents=[common], help="remove every entry of a notice")
+    p.add_argument("--notice", required=True)
+    p.set_defaults(run=cmd_takedown_remove)
     return parser
 
 
@@ -116,9 +139,9 @@ def _encoder_options(args) -> dict:
 def _guard(args) -> Guard:
     if not args.bank:
         raise ConfigError("no bank given: pass --bank BANK or set GUARD_BANK")
-    guard = Guard.open(args.bank, args.policy, args.encoder, **_encoder_options(args))
-    if not guard.encoder.meaningful and not args.json:
-        err.print(f"[yellow]encoder: {guard.encoder.label}[/]", highlight=False)
+    guard = Guard.open(args.bank, args.policy, args.encoder, args.state, **_encoder_options(args))
+    if "no semantic meaning" in guard.versions["encoder"] and not args.json:
+        err.print(f"[yellow]encoder: {guard.versions['encoder']}[/]", highlight=False)
     return guard
 
 
@@ -207,6 +230,78 @@ def _read_prompts(args) -> list[str]:
         raise ConfigError(f"--file {args.file}: cannot read it ({exc.strerror or exc})") from None
     # Odd encodings are decoded with replacement rather than refused: a prompt is still screened.
     return [line for line in raw.decode("utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def cmd_scan(args) -> int:
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be at least 1")
+    guard = _guard(args)
+    files = _expand_models(args.paths, args.all)
+    verdicts = []
+
+    def check(path: str):
+        return guard.check_model_file(path, account=args.account, trigger_words=args.trigger_words,
+                                      metadata_only=args.metadata_only)
+
+    with output.progress(len(files), "scanning") as advance, ThreadPoolExecutor(args.workers) as pool:
+        for verdict in pool.map(check, files):
+            _emit(args, [verdict])
+            verdicts.append(verdict)
+            advance(1)
+    if not args.json:
+        output.print_scan_summary(verdicts)
+    return output.exit_code(verdicts)
+
+
+def _takedowns(args):
+    if not args.state:
+        raise ConfigError("the takedown list lives in a state folder: pass --state DIR or set GUARD_STATE")
+    from ..state import TakedownList
+
+    return TakedownList(args.state)
+
+
+def cmd_takedown_add(args) -> int:
+    entry = _guard(args).take_down(args.file, args.notice, args.character, args.reason)
+    if args.json:
+        print(json.dumps(entry.to_dict(), ensure_ascii=False))
+    else:
+        out.print(f"taken down under notice {entry.notice}: {args.file} (sha256 {entry.sha256[:16]}…, "
+                  f"{entry.to_dict()['fingerprint_layers']} fingerprinted layers)", highlight=False)
+    return EXIT_OK
+
+
+def cmd_takedown_list(args) -> int:
+    entries = _takedowns(args).entries()
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry.to_dict(), ensure_ascii=False))
+        else:
+            out.print(f"{entry.id}\t{entry.notice}\t{entry.character or '-'}\t{entry.created}\t{entry.subject}",
+                      highlight=False)
+    return EXIT_OK
+
+
+def cmd_takedown_remove(args) -> int:
+    removed = _takedowns(args).remove(args.notice)
+    if removed == 0:
+        raise ConfigError(f"no takedown entry has notice {args.notice!r}")
+    out.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} of notice {args.notice}", highlight=False)
+    return EXIT_OK
+
+
+def _expand_models(paths: Sequence[str], everything: bool) -> list[str]:
+    """Files as given; folders: their model files (every file with --all), sorted, without
+    following symlinked folders (no loops)."""
+    found: list[str] = []
+    for raw in paths:
+        if not os.path.isdir(raw):
+            found.append(raw)
+            continue
+        for root, dirs, names in os.walk(raw, followlinks=False):
+            dirs.sort()
+            found += [os.path.join(root, n) for n in sorted(names) if everything or is_model_file(Path(n))]
+    return found
 
 
 def _emit(args, verdicts) -> None:

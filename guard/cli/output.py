@@ -59,6 +59,29 @@ def print_table(verdicts: Sequence[Verdict], title: str | None = None) -> None:
     out.print(" · ".join(f"{counts[a]} {a.value}" for a in Action))
 
 
+def print_scan_summary(verdicts: Sequence[Verdict]) -> None:
+    """Flagged and blocked files, then counts by action and by character or notice."""
+    noteworthy = [v for v in verdicts if v.action is not Action.ALLOW or v.error]
+    if noteworthy:
+        table = Table(title="model files needing action")
+        for column in ("file", "action", "format", "findings"):
+            table.add_column(column, overflow="fold")
+        for v in noteworthy:
+            fmt = f"{v.facts.get('format', '?')} / {v.facts.get('base_model') or '?'}"
+            findings = "\n".join(summarise(f) for f in v.findings[:6]) or (f"guard error: {v.error}" if v.error else "-")
+            table.add_row(v.subject, f"[{_STYLE[v.action]}]{v.action.value}[/]", fmt, findings)
+        out.print(table)
+    by_subject: dict[str, int] = {}
+    for v in verdicts:
+        for subject in {f.subject for f in v.findings if f.action is not Action.ALLOW}:
+            by_subject[subject] = by_subject.get(subject, 0) + 1
+    counts = {a: sum(v.action is a for v in verdicts) for a in Action}
+    out.print(f"{len(verdicts)} files: " + " · ".join(f"{counts[a]} {a.value}" for a in Action))
+    if by_subject:
+        out.print("by character / rule: " + ", ".join(f"{k} {n}" for k, n in sorted(by_subject.items(),
+                                                                                   key=lambda kv: -kv[1])))
+
+
 @contextmanager
 def progress(total: int, label: str) -> Iterator:
     """A progress bar on stderr when it is a terminal and the job is long enough."""

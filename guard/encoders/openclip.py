@@ -55,7 +55,9 @@ class OpenClipEncoder:
 
     @property
     def label(self) -> str:
-        return self.name if self.meaningful else f"{self.name} (no semantic meaning: tests and demo only)"
+        from . import encoder_label
+
+        return encoder_label(self.name)
 
     # Images -----------------------------------------------------------------------------
     def prepare_image(self, item: ImageInput) -> tuple[torch.Tensor, str]:
@@ -165,6 +167,29 @@ def load_encoder(spec: str, *, device: str | None = None, precision: str | None 
                            dev, batch_size or (64 if dev.type == "cuda" else 32))
 
 
+def encoder_name(spec: str) -> str:
+    """The canonical identity of ``spec`` (what banks record), without loading any weights.
+
+    ``ViT-L-14/openai`` -> ``ViT-L-14-quickgelu/openai``; a weights file -> its digest.
+    """
+    parsed = parse_spec(spec)
+    if parsed.kind is SpecKind.TAG:
+        return f"{_paired_arch(_check_arch(parsed.arch), parsed.tag)}/{parsed.tag}"
+    if parsed.kind in (SpecKind.TINY_TEST, SpecKind.HF_HUB):
+        return parsed.raw
+    return _resolve(parsed, allow_download=False, cache_dir=None)[2]
+
+
+def _paired_arch(arch: str, tag: str) -> str:
+    """OpenAI weights were trained with QuickGELU; pair them so activations match."""
+    import open_clip
+
+    if (open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu") and \
+            not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
+        return f"{arch}-quickgelu"
+    return arch
+
+
 def _resolve(parsed: EncoderSpec, allow_download: bool, cache_dir: str | None) -> tuple[str, dict, str]:
     """Map a spec to (open_clip model name, create_model kwargs, canonical encoder name)."""
     import open_clip
@@ -198,11 +223,8 @@ def _resolve(parsed: EncoderSpec, allow_download: bool, cache_dir: str | None) -
                                      + _HOW_TO_SUPPLY)
         return arch, {"pretrained": str(path)}, f"{arch}:sha256-{_file_digest(path)}"
 
-    # ARCH/TAG: OpenAI weights were trained with QuickGELU; pair them so activations match.
     tag = parsed.tag
-    if (open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu") and \
-            not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
-        arch = f"{arch}-quickgelu"
+    arch = _paired_arch(arch, tag)
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)

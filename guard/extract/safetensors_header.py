@@ -1,0 +1,152 @@
+"""Reading a safetensors header with bounds, without trusting anything in the file.
+
+Layout: 8-byte little-endian header length N, N bytes of UTF-8 JSON, then the tensor data.
+Every rule the format implies is checked here, and a violation raises `MalformedModel`
+with a reason precise enough to act on. Only ``8 + N`` bytes are read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from dataclasses import dataclass
+from typing import BinaryIO, Mapping
+
+MAX_HEADER = 100 * 1024 * 1024
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+               "C64": 8, "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75}
+
+
+class MalformedModel(ValueError):
+    """A model file that breaks its format; ``reason`` says how."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # offsets relative to the start of the data section
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    metadata: Mapping[str, str]
+    tensors: Mapping[str, TensorInfo]
+    header_length: int
+    file_size: int
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_length
+
+
+def open_regular(path: str | os.PathLike) -> tuple[BinaryIO, int]:
+    """Open a regular file for reading; refuse directories, devices, FIFOs (and links to them)."""
+    try:
+        st = os.stat(path)  # follows symlinks: a link to /dev/zero is judged as /dev/zero
+    except OSError as exc:
+        raise MalformedModel(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (device, FIFO or socket)"
+        raise MalformedModel(f"{os.fspath(path)} is {kind}")
+    try:
+        return open(path, "rb"), st.st_size
+    except OSError as exc:
+        raise MalformedModel(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+
+
+def read_header(fh: BinaryIO, file_size: int) -> SafetensorsHeader:
+    """Parse and validate the header of an open safetensors file of ``file_size`` bytes."""
+    if file_size < 8:
+        raise MalformedModel(f"file is {file_size} bytes; a safetensors file starts with an 8-byte header length")
+    fh.seek(0)
+    n = int.from_bytes(fh.read(8), "little")
+    if n > MAX_HEADER:
+        raise MalformedModel(f"header length {n} is over the {MAX_HEADER}-byte limit")
+    if 8 + n > file_size:
+        raise MalformedModel(f"header length {n} runs past the end of the {file_size}-byte file")
+    if n < 2:
+        raise MalformedModel(f"header length {n} cannot hold a JSON object")
+    raw = fh.read(n)
+    if len(raw) != n:
+        raise MalformedModel(f"file ended after {len(raw)} of {n} header bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedModel(f"header is not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _Duplicate as exc:
+        raise MalformedModel(f"header has the key {exc.args[0]!r} twice") from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise MalformedModel(f"header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedModel("header JSON is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise MalformedModel(f"header is a JSON {type(data).__name__}, not an object")
+    metadata = data.pop("__metadata__", {})
+    if not isinstance(metadata, dict):
+        raise MalformedModel("__metadata__ is not an object")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise MalformedModel(f"__metadata__[{key!r}] is a {type(value).__name__}; values must be strings")
+    tensors = {name: _tensor(name, entry) for name, entry in data.items()}
+    _check_layout(tensors, file_size - 8 - n)
+    return SafetensorsHeader(metadata, tensors, n, file_size)
+
+
+def _tensor(name: str, entry) -> TensorInfo:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise MalformedModel(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise MalformedModel(f"tensor {name!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise MalformedModel(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]):
+        raise MalformedModel(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] with begin <= end")
+    expected = math.prod(shape) * DTYPE_SIZES[dtype]
+    if expected != offsets[1] - offsets[0]:
+        raise MalformedModel(f"tensor {name!r}: {dtype} x {shape} needs {expected:g} bytes, "
+                             f"data_offsets span {offsets[1] - offsets[0]}")
+    return TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int) -> None:
+    position = 0
+    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        if info.begin != position:
+            what = "overlaps the previous tensor" if info.begin < position else "leaves a gap before it"
+            raise MalformedModel(f"tensor {name!r}: data starts at {info.begin}, expected {position} ({what})")
+        position = info.end
+    if position != data_size:
+        raise MalformedModel(f"tensors cover {position} bytes of data but the file holds {data_size} "
+                             f"({'trailing bytes' if data_size > position else 'data past the end of the file'})")
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen[key] = value
+    return seen
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")

@@ -1,0 +1,95 @@
+"""The texts in a model file's training metadata worth screening, with where they came from.
+
+kohya's sd-scripts records its dataset in ``ss_*`` keys (tag frequencies per image folder,
+folder names such as ``10_ultraman``, class tokens), and the modelspec keys carry the
+title, description, trigger phrase and tags. Each text is yielded with evidence that says
+which key held it, which tag, how often it was used and what share of the images it covers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterator, Mapping
+
+_REPEATS = re.compile(r"^\d+_")
+_NAMED_KEYS = ("ss_output_name", "ss_training_comment", "ss_sd_model_name", "modelspec.title",
+               "modelspec.description", "modelspec.trigger_phrase", "modelspec.tags", "modelspec.author")
+_STRUCTURED = {"ss_tag_frequency", "ss_dataset_dirs", "ss_datasets"}
+MAX_TEXT = 10_000
+
+
+def metadata_texts(metadata: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(text, evidence)`` for every screenable text in ``metadata``."""
+    images = _images_per_dir(metadata)
+    frequency = _tag_frequency(metadata)
+    for folder, tags in frequency.items():
+        total = images.get(folder) or max(tags.values(), default=0) or 1
+        for tag, count in sorted(tags.items(), key=lambda kv: -kv[1]):  # most-used tag first
+            yield tag, {"key": "ss_tag_frequency", "dir": folder, "tag": tag, "count": count,
+                        "share": round(min(1.0, count / total), 4)}
+    everything = sorted({tag for tags in frequency.values() for tag in tags})
+    if everything:  # indirect anchors are spread over several tags
+        yield ", ".join(everything)[:MAX_TEXT], {"key": "ss_tag_frequency", "tags": "all"}
+    for folder in images:
+        yield _REPEATS.sub("", folder).replace("_", " "), {"key": "ss_dataset_dirs", "dir": folder}
+    for subset in _subsets(metadata):
+        for field in ("class_tokens", "image_dir"):
+            if isinstance(subset.get(field), str) and subset[field]:
+                yield subset[field], {"key": "ss_datasets", "field": field}
+    for key in _NAMED_KEYS:
+        if metadata.get(key):
+            yield metadata[key][:MAX_TEXT], {"key": key}
+    for key, value in metadata.items():
+        # kohya's other ss_* keys and modelspec's other keys are parameters; any other key
+        # (an uploader's "trigger", "description", a hub's own keys) is free text.
+        if key in _STRUCTURED or key in _NAMED_KEYS or key.startswith(("ss_", "modelspec.")):
+            continue
+        if any(ch.isalpha() for ch in value[:200]):
+            yield value[:MAX_TEXT], {"key": key}
+
+
+def _json(metadata: Mapping[str, str], key: str) -> Any:
+    try:
+        return json.loads(metadata.get(key) or "null")
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
+def _tag_frequency(metadata: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    sources = [_json(metadata, "ss_tag_frequency")]
+    datasets = _json(metadata, "ss_datasets")
+    if isinstance(datasets, list):
+        sources += [d.get("tag_frequency") for d in datasets if isinstance(d, dict)]
+    for source in sources:
+        if not isinstance(source, dict):
+            continue
+        for folder, tags in source.items():
+            if isinstance(tags, dict):
+                bucket = out.setdefault(str(folder), {})
+                for tag, count in tags.items():
+                    if isinstance(count, (int, float)) and not isinstance(count, bool):
+                        bucket[str(tag).strip()] = bucket.get(str(tag).strip(), 0) + int(count)
+    return out
+
+
+def _images_per_dir(metadata: Mapping[str, str]) -> dict[str, int]:
+    dirs = _json(metadata, "ss_dataset_dirs")
+    if not isinstance(dirs, dict):
+        return {}
+    out = {}
+    for folder, info in dirs.items():
+        count = info.get("img_count") if isinstance(info, dict) else None
+        out[str(folder)] = int(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else 0
+    return out
+
+
+def _subsets(metadata: Mapping[str, str]) -> list[dict]:
+    datasets = _json(metadata, "ss_datasets")
+    subsets = []
+    if isinstance(datasets, list):
+        for d in datasets:
+            if isinstance(d, dict) and isinstance(d.get("subsets"), list):
+                subsets += [s for s in d["subsets"] if isinstance(s, dict)]
+    return subsets

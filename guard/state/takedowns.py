@@ -1,0 +1,117 @@
+"""The takedown list: what was taken down, and how to recognise it when it comes back.
+
+One SQLite database (``takedowns.sqlite`` in the state folder, WAL mode). Each entry keeps
+the file's SHA-256, its tensor-data SHA-256 (survives metadata edits) and, for LoRAs, the
+weight fingerprint (survives renaming, casts, re-scaling, small noise), with the notice it
+answers. Fingerprints are stored as bytes of our own format, never pickled.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..extract.lora import Fingerprint
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS takedowns (
+    id INTEGER PRIMARY KEY,
+    notice TEXT NOT NULL,
+    character TEXT,
+    reason TEXT,
+    subject TEXT,
+    sha256 TEXT,
+    tensor_sha256 TEXT,
+    fingerprint BLOB,
+    created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS takedowns_sha256 ON takedowns (sha256);
+CREATE INDEX IF NOT EXISTS takedowns_tensor_sha256 ON takedowns (tensor_sha256);
+"""
+
+
+@dataclass(frozen=True)
+class Takedown:
+    id: int
+    notice: str
+    character: str | None
+    reason: str | None
+    subject: str | None
+    sha256: str | None
+    tensor_sha256: str | None
+    fingerprint: Fingerprint | None
+    created: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "notice": self.notice, "character": self.character, "reason": self.reason,
+                "subject": self.subject, "sha256": self.sha256, "tensor_sha256": self.tensor_sha256,
+                "fingerprint_layers": len(self.fingerprint.layers) if self.fingerprint else 0,
+                "created": self.created}
+
+
+class TakedownList:
+    """The takedown list of one state folder."""
+
+    def __init__(self, state_dir: str | Path):
+        folder = Path(state_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(folder / "takedowns.sqlite", check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"state folder {folder}: cannot open the takedown list ({exc})") from None
+        self._lock = threading.Lock()
+        self._cache: list[Takedown] | None = None
+
+    def add(self, notice: str, *, character: str | None = None, reason: str | None = None,
+            subject: str | None = None, sha256: str | None = None, tensor_sha256: str | None = None,
+            fingerprint: Fingerprint | None = None) -> Takedown:
+        if not notice:
+            raise ValueError("notice must name the takedown notice (e.g. its ticket id)")
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO takedowns (notice, character, reason, subject, sha256, tensor_sha256, fingerprint,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (notice, character, reason, subject, sha256, tensor_sha256,
+                 fingerprint.to_bytes() if fingerprint else None, created))
+            self._cache = None
+            row_id = cur.lastrowid
+        return next(t for t in self.entries() if t.id == row_id)
+
+    def remove(self, notice: str) -> int:
+        with self._lock, self._db:
+            count = self._db.execute("DELETE FROM takedowns WHERE notice = ?", (notice,)).rowcount
+            self._cache = None
+        return count
+
+    def entries(self) -> list[Takedown]:
+        with self._lock:
+            if self._cache is None:
+                rows = self._db.execute("SELECT id, notice, character, reason, subject, sha256, tensor_sha256,"
+                                        " fingerprint, created FROM takedowns ORDER BY id").fetchall()
+                self._cache = [Takedown(*r[:7], Fingerprint.from_bytes(r[7]) if r[7] else None, r[8])
+                               for r in rows]
+            return list(self._cache)
+
+    def by_hash(self, sha256: str | None, tensor_sha256: str | None) -> list[tuple[str, Takedown]]:
+        """Exact matches: ``("file_hash" | "tensor_hash", entry)``."""
+        hits = []
+        for entry in self.entries():
+            if sha256 and entry.sha256 == sha256:
+                hits.append(("file_hash", entry))
+            elif tensor_sha256 and entry.tensor_sha256 == tensor_sha256:
+                hits.append(("tensor_hash", entry))
+        return hits
+
+    def by_fingerprint(self, fingerprint: Fingerprint, floor: float) -> list[tuple[float, Takedown]]:
+        scored = [(fingerprint.similarity(e.fingerprint), e) for e in self.entries() if e.fingerprint]
+        return sorted(((s, e) for s, e in scored if s >= floor), key=lambda se: -se[0])
+
+    def close(self) -> None:
+        self._db.close()

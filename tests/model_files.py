@@ -1,0 +1,94 @@
+"""Real model files in every format the gate knows, with tiny tensors and real key names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+# (kohya name, PEFT name, out, in, conv kernel) of a few SD1.5 layers.
+LAYERS = [
+    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 32, 32, None),
+    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", 32, 768, None),
+    ("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_out_0",
+     "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0", 64, 64, None),
+    ("lora_unet_up_blocks_1_attentions_2_proj_in", "unet.up_blocks.1.attentions.2.proj_in", 48, 48, None),
+    ("lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+     "text_encoder.text_model.encoder.layers.0.self_attn.q_proj", 32, 32, None),
+    ("lora_te_text_model_encoder_layers_11_mlp_fc1", "text_encoder.text_model.encoder.layers.11.mlp.fc1", 64, 32, None),
+] + [(f"lora_unet_up_blocks_{b}_attentions_{a}_transformer_blocks_0_ff_net_2",
+      f"unet.up_blocks.{b}.attentions.{a}.transformer_blocks.0.ff.net.2", 40, 80, None)
+     for b in (1, 2, 3) for a in (0, 1, 2)]
+CONV = ("lora_unet_down_blocks_0_resnets_0_conv1", "unet.down_blocks.0.resnets.0.conv1", 32, 32, 3)
+
+
+def lora_weights(seed: int, rank: int = 4, conv: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per kohya layer name: (up [out, r], down [r, in] or [r, in, k, k]) — a trained-looking LoRA."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for kohya, _, o, i, _ in LAYERS + ([CONV] if conv else []):
+        down_shape = (rank, i, 3, 3) if kohya == CONV[0] else (rank, i)
+        up_shape = (o, rank, 1, 1) if kohya == CONV[0] else (o, rank)
+        out[kohya] = (torch.randn(up_shape, generator=g) * 0.02, torch.randn(down_shape, generator=g) * 0.1)
+    return out
+
+
+def kohya_tensors(weights, alpha: float = 2.0, dtype=torch.float16) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name, (up, down) in weights.items():
+        tensors[f"{name}.lora_up.weight"] = up.to(dtype).contiguous()
+        tensors[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+    return tensors
+
+
+def peft_tensors(weights, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    peft_name = {k: p for k, p, *_ in LAYERS + [CONV]}
+    tensors = {}
+    for name, (up, down) in weights.items():
+        tensors[f"{peft_name[name]}.lora_B.weight"] = up.to(dtype).contiguous()
+        tensors[f"{peft_name[name]}.lora_A.weight"] = down.to(dtype).contiguous()
+    return tensors
+
+
+def kohya_metadata(tags: dict[str, int] | None = None, folder: str = "10_ultraman", images: int = 40,
+                   **extra: str) -> dict[str, str]:
+    tags = tags if tags is not None else {"ultraman": 37, "1boy": 20, "silver giant": 6, "kaiju": 4}
+    return {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1", "ss_network_dim": "4",
+            "ss_network_alpha": "2.0", "ss_output_name": "my_lora", "ss_learning_rate": "0.0001",
+            "ss_tag_frequency": json.dumps({folder: tags}),
+            "ss_dataset_dirs": json.dumps({folder: {"n_repeats": 10, "img_count": images}}), **extra}
+
+
+def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def other_formats(folder: Path) -> dict[str, Path]:
+    """One file per further format: name -> path."""
+    g = torch.Generator().manual_seed(99)
+    r = lambda *s: torch.randn(*s, generator=g).half()  # noqa: E731
+    name = LAYERS[0][0]
+    files = {
+        "lycoris-loha": {f"{name}.hada_w1_a": r(32, 4), f"{name}.hada_w1_b": r(4, 32), f"{name}.hada_w2_a": r(32, 4),
+                         f"{name}.hada_w2_b": r(4, 32), f"{name}.alpha": torch.tensor(4.0).half()},
+        "lycoris-lokr": {f"{name}.lokr_w1": r(4, 4), f"{name}.lokr_w2": r(8, 8), f"{name}.alpha": torch.tensor(1.0).half()},
+        "lycoris-full": {f"{name}.diff": r(32, 32), f"{name}.diff_b": r(32)},
+        "dora": {f"{name}.lora_up.weight": r(32, 4), f"{name}.lora_down.weight": r(4, 32),
+                 f"{name}.alpha": torch.tensor(4.0).half(), f"{name}.dora_scale": r(1, 32)},
+        "textual-inversion": {"emb_params": r(4, 768)},
+        "checkpoint": {"model.diffusion_model.input_blocks.0.0.weight": r(8, 4, 3, 3),
+                       "first_stage_model.decoder.conv_in.weight": r(8, 4, 3, 3),
+                       "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": r(16, 8)},
+        "flux-lora": {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": r(4, 64),
+                      "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": r(192, 4),
+                      "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(4.0).half()},
+        "sdxl-checkpoint": {"model.diffusion_model.input_blocks.0.0.weight": r(8, 4, 3, 3),
+                            "conditioner.embedders.1.model.ln_final.weight": r(8)},
+    }
+    return {fmt: write(folder / f"{fmt}.safetensors", tensors) for fmt, tensors in files.items()}

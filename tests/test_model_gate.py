@@ -1,0 +1,196 @@
+"""The model-file gate on real files: formats, metadata audit, hashes, fingerprints, takedowns, scan."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from guard import Action, Bank, Guard, Policy, Signal
+from guard.cli import main
+from guard.extract.lora import canonical_layer
+from guard.extract.model_file import inspect_model
+
+from . import model_files as mf
+
+
+@pytest.fixture()
+def lora(tmp_path):
+    return mf.write(tmp_path / "ultra_lora.safetensors", mf.kohya_tensors(mf.lora_weights(1)), mf.kohya_metadata())
+
+
+@pytest.fixture()
+def state_guard(bank_file, encoder, tmp_path):
+    return Guard(Bank.load(bank_file), Policy.load(), encoder, state=tmp_path / "state")
+
+
+def test_kohya_lora_with_character_tags_is_blocked_with_evidence(guard, lora):
+    v = guard.check_model_file(lora)
+    assert v.action is Action.BLOCK
+    tag = next(f for f in v.findings if f.evidence.get("tag") == "ultraman")
+    assert (tag.subject, tag.signal) == ("ultraman", Signal.METADATA)
+    assert tag.evidence["key"] == "ss_tag_frequency" and tag.evidence["count"] == 37
+    assert tag.evidence["share"] == pytest.approx(37 / 40)
+    assert any(f.evidence.get("key") == "ss_dataset_dirs" for f in v.findings)
+    assert v.facts["format"] == "kohya-lora" and v.facts["base_model"] == "sd1"
+
+
+def test_clean_lora_is_allowed_and_hashes_match_hashlib(guard, tmp_path):
+    path = mf.write(tmp_path / "clean.safetensors", mf.kohya_tensors(mf.lora_weights(2)),
+                    mf.kohya_metadata({"1girl": 30, "landscape": 12}, folder="5_scenery"))
+    v = guard.check_model_file(path)
+    assert v.action is Action.ALLOW and not v.findings
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    assert v.facts["sha256"] == hashlib.sha256(data).hexdigest()
+    assert v.facts["autov2"] == hashlib.sha256(data).hexdigest()[:10]
+    assert v.facts["tensor_sha256"] == hashlib.sha256(data[8 + n:]).hexdigest()
+    assert v.facts["autov1"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    if v.facts.get("blake3"):
+        import blake3
+        assert v.facts["blake3"] == blake3.blake3(data).hexdigest()
+
+
+def test_autov1_on_a_file_over_one_mebibyte(guard, tmp_path):
+    path = mf.write(tmp_path / "big.safetensors", {"lora_unet_x.lora_down.weight": torch.randn(4, 200_000)})
+    data = path.read_bytes()
+    v = guard.check_model_file(path)
+    assert v.facts["autov1"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+
+
+@pytest.mark.parametrize("fmt", ["lycoris-loha", "lycoris-lokr", "lycoris-full", "dora", "textual-inversion",
+                                 "checkpoint"])
+def test_formats_are_identified(guard, tmp_path, fmt):
+    files = mf.other_formats(tmp_path)
+    assert guard.check_model_file(files[fmt]).facts["format"] == fmt
+
+
+def test_other_format_facts(guard, tmp_path):
+    files = mf.other_formats(tmp_path)
+    assert guard.check_model_file(files["flux-lora"]).facts["base_model"] == "flux"
+    assert guard.check_model_file(files["sdxl-checkpoint"]).facts["base_model"] == "sdxl"
+    assert guard.check_model_file(files["checkpoint"]).facts["base_model"] == "sd1"
+    peft = mf.write(tmp_path / "peft.safetensors", mf.peft_tensors(mf.lora_weights(3)))
+    assert guard.check_model_file(peft).facts["format"] == "peft-lora"
+    locon = mf.write(tmp_path / "locon.safetensors", mf.kohya_tensors(mf.lora_weights(3, conv=True)))
+    assert guard.check_model_file(locon).facts["format"] == "kohya-locon"
+
+
+def test_modelspec_and_trigger_words_are_screened(guard, tmp_path):
+    path = mf.write(tmp_path / "m.safetensors", mf.kohya_tensors(mf.lora_weights(4)),
+                    {"modelspec.title": "Hero pack", "modelspec.trigger_phrase": "aoteman, hero"})
+    v = guard.check_model_file(path)
+    assert v.action is Action.BLOCK
+    assert v.findings[0].evidence["key"] == "modelspec.trigger_phrase" and v.findings[0].evidence["via"] == "pinyin"
+    clean = mf.write(tmp_path / "c.safetensors", mf.kohya_tensors(mf.lora_weights(4)))
+    v = guard.check_model_file(clean, trigger_words=["pikachu"])
+    assert v.action is Action.BLOCK and v.findings[0].evidence["key"] == "trigger_words"
+
+
+def test_authorized_uploader_is_allowed(guard, lora):
+    v = guard.check_model_file(lora, account="tsuburaya-official")
+    assert v.action is Action.ALLOW and all(f.evidence.get("authorized_account") for f in v.findings)
+
+
+def test_tampered_sshs_model_hash(guard, tmp_path):
+    meta = mf.kohya_metadata({"1girl": 3}, folder="1_x", sshs_model_hash="0" * 64)
+    v = guard.check_model_file(mf.write(tmp_path / "t.safetensors", mf.kohya_tensors(mf.lora_weights(5)), meta))
+    f = next(f for f in v.findings if f.subject == "sshs_model_hash")
+    assert f.action is Action.FLAG and f.evidence["embedded"] == "0" * 64
+
+
+def test_metadata_only_reads_the_header(guard, lora):
+    v = guard.check_model_file(lora, metadata_only=True)
+    assert v.action is Action.BLOCK and "sha256" not in v.facts
+
+
+def test_canonical_names_agree_across_families():
+    for kohya, peft, *_ in mf.LAYERS + [mf.CONV]:
+        assert canonical_layer(kohya) == canonical_layer(peft)
+    assert canonical_layer("base_model.model.down_blocks.0.attentions.0.proj_in") == \
+        canonical_layer("lora_unet_down_blocks_0_attentions_0_proj_in")
+
+
+def _fp(path):
+    return inspect_model(path).fingerprint
+
+
+def test_fingerprint_survives_cosmetic_changes_and_tells_loras_apart(tmp_path):
+    w = mf.lora_weights(7)
+    base = _fp(mf.write(tmp_path / "a.safetensors", mf.kohya_tensors(w), mf.kohya_metadata()))
+    same = {
+        "stripped+bf16": mf.write(tmp_path / "b.safetensors", mf.kohya_tensors(w, dtype=torch.bfloat16)),
+        "peft fp32": mf.write(tmp_path / "c.safetensors", mf.peft_tensors(w)),
+        "alpha x4": mf.write(tmp_path / "d.safetensors", mf.kohya_tensors(
+            {k: (u * 2, d * 2) for k, (u, d) in w.items()}, alpha=0.5)),
+        "noise 1%": mf.write(tmp_path / "e.safetensors", mf.kohya_tensors(
+            {k: (u + 0.01 * u.std() * torch.randn_like(u), d + 0.01 * d.std() * torch.randn_like(d))
+             for k, (u, d) in w.items()})),
+        "10% layers dropped": mf.write(tmp_path / "f.safetensors", mf.kohya_tensors(dict(list(w.items())[1:]))),
+    }
+    for label, path in same.items():
+        assert base.similarity(_fp(path)) >= 0.85, label
+    others = [_fp(mf.write(tmp_path / f"o{i}.safetensors", mf.kohya_tensors(mf.lora_weights(100 + i))))
+              for i in range(20)]
+    assert max(base.similarity(o) for o in others) < 0.3
+
+
+def test_nan_weights_are_a_format_finding(guard, tmp_path):
+    w = mf.lora_weights(8)
+    first = next(iter(w))
+    w[first] = (torch.full_like(w[first][0], float("nan")), w[first][1])
+    v = guard.check_model_file(mf.write(tmp_path / "nan.safetensors", mf.kohya_tensors(w)))
+    assert v.action is Action.BLOCK and v.findings[0].signal is Signal.FORMAT
+    assert "NaN" in v.findings[0].evidence["reason"]
+
+
+def test_takedown_stays_down_after_stripping_and_casting(state_guard, lora, tmp_path):
+    entry = state_guard.take_down(lora, "DMCA-1", character="ultraman", reason="trained on Ultraman")
+    assert entry.sha256 and entry.fingerprint and len(entry.fingerprint.layers) == len(mf.LAYERS)
+    exact = state_guard.check_model_file(lora)
+    assert any(f.signal is Signal.FILE_HASH and f.evidence["notice"] == "DMCA-1" for f in exact.findings)
+    edited = mf.write(tmp_path / "renamed.safetensors", mf.kohya_tensors(mf.lora_weights(1)), {"ss_output_name": "x"})
+    assert any(f.signal is Signal.TENSOR_HASH for f in state_guard.check_model_file(edited).findings)
+    reup = mf.write(tmp_path / "reupload.safetensors", mf.peft_tensors(mf.lora_weights(1), dtype=torch.bfloat16))
+    v = state_guard.check_model_file(reup, account="someone")
+    f = next(f for f in v.findings if f.signal is Signal.FINGERPRINT)
+    assert v.action is Action.BLOCK and f.subject == "takedown:DMCA-1" and f.score > 0.95
+    other = mf.write(tmp_path / "other.safetensors", mf.kohya_tensors(mf.lora_weights(2)))
+    assert state_guard.check_model_file(other).action is Action.ALLOW
+    assert state_guard.takedowns.remove("DMCA-1") == 1
+    assert state_guard.check_model_file(reup).action is Action.ALLOW
+
+
+def test_scan_cli(bank_file, lora, tmp_path, capsys):
+    catalog = tmp_path / "catalog"
+    (catalog / "sub").mkdir(parents=True)
+    mf.write(catalog / "sub" / "clean.safetensors", mf.kohya_tensors(mf.lora_weights(2)))
+    (catalog / "ultra.safetensors").write_bytes(lora.read_bytes())
+    (catalog / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    (catalog / "notes.txt").write_text("not a model")
+    code = main(["scan", str(catalog), "--bank", str(bank_file), "--json"])
+    verdicts = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 4 and len(verdicts) == 3
+    by_name = {v["subject"].rsplit("/", 1)[-1]: v for v in verdicts}
+    assert by_name["clean.safetensors"]["action"] == "allow"
+    assert by_name["broken.safetensors"]["findings"][0]["signal"] == "format"
+    code = main(["scan", str(catalog), "--bank", str(bank_file), "--metadata-only"])
+    text = capsys.readouterr().out
+    assert code == 4 and "by character / rule: " in text and "ultraman 1" in text
+
+
+def test_takedown_cli(bank_file, lora, tmp_path, capsys):
+    state = str(tmp_path / "state")
+    assert main(["takedown", "add", str(lora), "--notice", "N-7", "--character", "ultraman",
+                 "--bank", str(bank_file), "--state", state]) == 0
+    assert main(["takedown", "list", "--state", state, "--json"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert listed[0]["notice"] == "N-7" and listed[0]["fingerprint_layers"] == len(mf.LAYERS)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(lora.read_bytes())
+    assert main(["scan", str(copy), "--bank", str(bank_file), "--state", state, "--json"]) == 4
+    assert "takedown:N-7" in capsys.readouterr().out
+    assert main(["takedown", "add", str(lora), "--notice", "N-8", "--character", "nobody",
+                 "--bank", str(bank_file), "--state", state]) == 2
+    assert main(["takedown", "remove", "--notice", "N-7", "--state", state]) == 0
+    assert main(["takedown", "list", "--state"]) == 2
