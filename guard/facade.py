@@ -240,7 +240,8 @@ class Guard:
         The verdict's ``facts`` carry the format, base model family, hashes and, for pickle
         files, the globals the file would import.
         """
-        report = inspect_model(path, metadata_only=metadata_only)
+        report = inspect_model(path, metadata_only=metadata_only,
+                               blake3=self.policy.section("model").get("blake3", True))
         findings = [_format(reason) for reason in report.problems]
         facts = report.facts()
         if report.pickle is not None:

@@ -210,9 +210,12 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             raise fail(f"text.{key}", f"{value!r} must be a {'positive ' if expected is int else ''}"
                                       f"{expected.__name__}")
     for key, value in data.get("model", {}).items():
-        if key != "hash_mismatch":
-            raise fail(f"model.{key}", "unknown key; allowed: hash_mismatch")
-        if value not in {a.value for a in Action}:
+        if key == "blake3":
+            if not isinstance(value, bool):
+                raise fail("model.blake3", f"{value!r} must be true or false")
+        elif key != "hash_mismatch":
+            raise fail(f"model.{key}", "unknown key; allowed: hash_mismatch, blake3")
+        elif value not in {a.value for a in Action}:
             raise fail(f"model.{key}", f"{value!r} is not allow, flag or block")
     check_signals(data.get("signals", {}), "signals")
     for enc, table in data.get("encoders", {}).items():

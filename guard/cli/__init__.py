@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,8 +19,8 @@ from ..bank import Bank, add_characters, build_bank
 from ..bank.character import IMAGE_SUFFIXES
 from ..encoders import load_encoder
 from ..errors import ConfigError, GuardError
-from ..extract.model_file import is_model_file
 from ..facade import Guard
+from ..scan import find_model_files, scan_files
 from ..verdict import Surface
 from . import output
 from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, out
@@ -90,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
     p.add_argument("--metadata-only", action="store_true", help="read safetensors headers only")
     p.add_argument("--all", action="store_true", help="in folders, also check files without a model suffix")
-    p.add_argument("--workers", type=int, default=2, help="files checked at once (default 2)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes (default: one per CPU core)")
     p.add_argument("--account", help="the uploading account")
     p.add_argument("--trigger-words", nargs="*", default=[], help="trigger words declared with the upload")
     p.set_defaults(run=cmd_scan)
@@ -236,15 +236,12 @@ def cmd_scan(args) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
     guard = _guard(args)
-    files = _expand_models(args.paths, args.all)
+    files = find_model_files(args.paths, args.all)
+    guard_args = {"bank": args.bank, "policy": args.policy, "encoder": args.encoder, "state": args.state}
+    check = {"account": args.account, "trigger_words": args.trigger_words, "metadata_only": args.metadata_only}
     verdicts = []
-
-    def check(path: str):
-        return guard.check_model_file(path, account=args.account, trigger_words=args.trigger_words,
-                                      metadata_only=args.metadata_only)
-
-    with output.progress(len(files), "scanning") as advance, ThreadPoolExecutor(args.workers) as pool:
-        for verdict in pool.map(check, files):
+    with output.progress(len(files), "scanning") as advance:
+        for verdict in scan_files(files, guard_args, args.workers, check, guard=guard):
             _emit(args, [verdict])
             verdicts.append(verdict)
             advance(1)
@@ -288,20 +285,6 @@ def cmd_takedown_remove(args) -> int:
         raise ConfigError(f"no takedown entry has notice {args.notice!r}")
     out.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} of notice {args.notice}", highlight=False)
     return EXIT_OK
-
-
-def _expand_models(paths: Sequence[str], everything: bool) -> list[str]:
-    """Files as given; folders: their model files (every file with --all), sorted, without
-    following symlinked folders (no loops)."""
-    found: list[str] = []
-    for raw in paths:
-        if not os.path.isdir(raw):
-            found.append(raw)
-            continue
-        for root, dirs, names in os.walk(raw, followlinks=False):
-            dirs.sort()
-            found += [os.path.join(root, n) for n in sorted(names) if everything or is_model_file(Path(n))]
-    return found
 
 
 def _emit(args, verdicts) -> None:

@@ -6,9 +6,10 @@
 * ``autov1`` — SHA-256 of the 64 KiB at offset 1 MiB, first 8 hex digits (old A1111).
 * ``blake3`` — when the ``blake3`` package is installed.
 
-The file is read once, in blocks. The whole-file SHA-256 runs on the calling thread while
-the other digests run on a worker thread over the same blocks (both libraries release the
-GIL on large updates), so on two cores the extra hashes cost little wall time.
+The file is read once. The whole-file SHA-256 runs on the calling thread while the
+tensor-data SHA-256 runs on a worker thread over the same bytes (hashlib releases the GIL on
+large updates), so on two cores the second hash costs little wall time. Files small enough
+to hold (LoRAs) are read into memory once, so the fingerprint can use the same bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 try:
     import blake3 as _blake3
@@ -48,48 +49,72 @@ class FileHashes:
                 "autov3": self.autov3, "autov1": self.autov1, "blake3": self.blake3, "size": self.size}
 
 
-def hash_file(fh: BinaryIO, data_start: int | None, on_block: Callable[[int, memoryview], None] | None = None
-              ) -> FileHashes:
-    """Hash an open file from its start.
+def hash_file(fh: BinaryIO, data_start: int | None, blake3: bool = True,
+              into: memoryview | None = None) -> FileHashes:
+    """Hash an open file from its start, reading it once in blocks.
 
     Args:
         fh: the file, opened in binary mode.
         data_start: where the tensor data starts (``8 + header length``) for safetensors,
             ``None`` for other files (no tensor hash then).
-        on_block: also called with ``(offset, block)`` for every block, on the worker thread
-            (for consumers such as the LoRA fingerprint that need the same bytes).
+        blake3: also compute BLAKE3 (when the package is installed).
+        into: a writable buffer of the file's size to read into, for callers that need the
+            bytes afterwards (the LoRA fingerprint); without it blocks are discarded.
     """
-    full = hashlib.sha256()
-    tensor = hashlib.sha256() if data_start is not None else None
-    autov1 = hashlib.sha256()
-    b3 = _blake3.blake3() if _blake3 is not None else None
-
-    def side(offset: int, block: memoryview) -> None:
-        end = offset + len(block)
-        if tensor is not None and end > data_start:
-            tensor.update(block[max(0, data_start - offset):])
-        if end > _AUTOV1_AT and offset < _AUTOV1_AT + _AUTOV1_LEN:
-            autov1.update(block[max(0, _AUTOV1_AT - offset):_AUTOV1_AT + _AUTOV1_LEN - offset])
-        if b3 is not None:
-            b3.update(block)
-        if on_block is not None:
-            on_block(offset, block)
-
+    hashes = _Hashes(data_start, blake3)
     fh.seek(0)
     offset = 0
+    # The two SHA-256 passes are the bulk of the work: one per core; BLAKE3 rides with the first.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-hash") as pool:
         pending = None
         while True:
-            block = memoryview(fh.read(BLOCK))
+            if into is not None:
+                block = into[offset:offset + (fh.readinto(into[offset:offset + BLOCK]) or 0)]
+            else:
+                block = memoryview(fh.read(BLOCK))
             if not block:
                 break
-            job = pool.submit(side, offset, block)
-            full.update(block)
+            job = pool.submit(hashes.side, offset, block)
+            hashes.main(block)
             if pending is not None:
                 pending.result()
             pending = job
             offset += len(block)
         if pending is not None:
             pending.result()
-    return FileHashes(full.hexdigest(), tensor.hexdigest() if tensor is not None else None,
-                      autov1.hexdigest()[:8], b3.hexdigest() if b3 is not None else None, offset)
+    return hashes.result(offset)
+
+
+def hash_buffer(data: memoryview, data_start: int | None, blake3: bool = True) -> FileHashes:
+    """Hash a whole file held in memory: the whole-file and tensor-data SHA-256 run at once."""
+    hashes = _Hashes(data_start, blake3)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-hash") as pool:
+        job = pool.submit(hashes.side, 0, data)
+        hashes.main(data)
+        job.result()
+    return hashes.result(len(data))
+
+
+class _Hashes:
+    def __init__(self, data_start: int | None, blake3: bool):
+        self.data_start = data_start
+        self.full = hashlib.sha256()
+        self.tensor = hashlib.sha256() if data_start is not None else None
+        self.autov1 = hashlib.sha256()
+        self.b3 = _blake3.blake3() if (blake3 and _blake3 is not None) else None
+
+    def main(self, block: memoryview) -> None:
+        self.full.update(block)
+        if self.b3 is not None:
+            self.b3.update(block)
+
+    def side(self, offset: int, block: memoryview) -> None:
+        end = offset + len(block)
+        if self.tensor is not None and end > self.data_start:
+            self.tensor.update(block[max(0, self.data_start - offset):])
+        if end > _AUTOV1_AT and offset < _AUTOV1_AT + _AUTOV1_LEN:
+            self.autov1.update(block[max(0, _AUTOV1_AT - offset):_AUTOV1_AT + _AUTOV1_LEN - offset])
+
+    def result(self, size: int) -> FileHashes:
+        return FileHashes(self.full.hexdigest(), self.tensor.hexdigest() if self.tensor is not None else None,
+                          self.autov1.hexdigest()[:8], self.b3.hexdigest() if self.b3 is not None else None, size)

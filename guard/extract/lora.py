@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 K = 8  # sketch side: K*K numbers per layer
+SAMPLE = 128  # rows and columns of ΔW a sketch looks at (a window placed by the layer shape)
 _PREFIXES = [  # naming family prefix -> canonical prefix
     ("lora_unet_", "unet_"), ("lora_te1_", "text_encoder_"), ("lora_te2_", "text_encoder_2_"),
     ("lora_te_", "text_encoder_"), ("base_model.model.", "unet."), ("unet.", "unet."),
@@ -76,22 +77,22 @@ def delta_sketch(name: str, parts: Mapping[str, torch.Tensor]) -> np.ndarray | N
     Alpha and rank only scale ΔW, so they drop out with the normalisation.
     """
     p = {k: v.float() for k, v in parts.items()}
-    if not all(torch.isfinite(t).all() for t in p.values()):
-        raise ValueError(f"layer {name}: tensor with NaN or infinite values")
     if "up" in p and "down" in p:
         up, down = p["up"].reshape(p["up"].shape[0], -1), p["down"].reshape(p["down"].shape[0], -1)
         if up.shape[1] != down.shape[0]:
             return None
-        r_out, r_in = _projections(up.shape[0], down.shape[1])
-        sketch = (r_out.T @ up) @ (down @ r_in)
+        (r0, r_out), (c0, r_in) = _windows(up.shape[0], down.shape[1])
+        sketch = (r_out.T @ up[r0:r0 + len(r_out)]) @ (down[:, c0:c0 + len(r_in)] @ r_in)
     else:
         delta = _dense_delta(p)
         if delta is None:
             return None
-        r_out, r_in = _projections(delta.shape[0], delta.shape[1])
-        sketch = r_out.T @ delta @ r_in
+        (r0, r_out), (c0, r_in) = _windows(delta.shape[0], delta.shape[1])
+        sketch = r_out.T @ delta[r0:r0 + len(r_out), c0:c0 + len(r_in)] @ r_in
     norm = torch.linalg.vector_norm(sketch)
-    if not torch.isfinite(norm) or norm == 0:
+    if not torch.isfinite(norm):  # NaN and Inf in the weights always reach the sketch
+        raise ValueError(f"layer {name}: tensor with NaN or infinite values")
+    if norm == 0:
         return None
     return (sketch / norm).reshape(-1).numpy().astype(np.float32)
 
@@ -112,11 +113,20 @@ def _dense_delta(p: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _projections(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # Seeded by shape alone (layers are compared by name anyway), so they can be cached.
+def _windows(rows: int, cols: int):
+    """``((first row, R_out), (first column, R_in))`` for a ``rows x cols`` ΔW.
+
+    Gaussian projections over a window of at most `SAMPLE` consecutive rows and columns
+    (placed by a seed): the sketch stays a fixed function of ΔW, so copies match, while large
+    layers cost a fraction of a full pass and the window can be gathered in one slice.
+    Seeded by shape alone (layers are compared by name anyway), so they can be cached.
+    """
     seed = int.from_bytes(hashlib.sha256(f"guard-lora-sketch:{rows}:{cols}".encode()).digest()[:8], "little")
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, K, generator=g), torch.randn(cols, K, generator=g)
+    n_rows, n_cols = min(rows, SAMPLE), min(cols, SAMPLE)
+    r0 = int(torch.randint(0, rows - n_rows + 1, (1,), generator=g))
+    c0 = int(torch.randint(0, cols - n_cols + 1, (1,), generator=g))
+    return (r0, torch.randn(n_rows, K, generator=g)), (c0, torch.randn(n_cols, K, generator=g))
 
 
 @dataclass(frozen=True)
@@ -149,9 +159,69 @@ class Fingerprint:
 
 def fingerprint(layers: Mapping[str, Mapping[str, str]], load: Callable[[str], torch.Tensor]) -> Fingerprint:
     """Fingerprint from grouped layers; ``load(key)`` returns a tensor by its key."""
-    sketches = {}
+    sketches: dict[str, np.ndarray] = {}
     for name, parts in layers.items():
-        sketch = delta_sketch(name, {part: load(key) for part, key in parts.items() if part != "dora"})
+        sketch = delta_sketch(name, {part: load(key) for part, key in parts.items() if part not in ("dora", "alpha")})
         if sketch is not None:
             sketches[name] = sketch
     return Fingerprint(sketches)
+
+
+_RAW = {"F16": (np.uint16, 2), "BF16": (np.uint16, 2), "F32": (np.uint32, 4)}
+
+
+def fingerprint_buffer(layers: Mapping[str, Mapping[str, str]], infos: Mapping, data: memoryview,
+                       data_start: int, load: Callable[[str], torch.Tensor]) -> Fingerprint:
+    """The same fingerprint as `fingerprint`, vectorised over a file held in memory.
+
+    Low-rank layers of one shape and dtype (a LoRA has hundreds of layers but a handful of
+    shapes) are gathered from the raw bytes with one fancy index per group and sketched in one
+    batched product; other layers go through ``load`` one by one.
+    """
+    groups: dict[tuple, list[tuple[str, int, int]]] = {}
+    rest = {}
+    for name, parts in layers.items():
+        up, down = infos.get(parts.get("up")), infos.get(parts.get("down"))
+        if up is None or down is None or set(parts) - {"up", "down", "alpha", "dora"} or up.dtype != down.dtype \
+                or up.dtype not in _RAW or not up.shape or not down.shape:
+            rest[name] = parts
+            continue
+        out, rank = up.shape[0], int(np.prod(up.shape[1:]))
+        rank_down, width = down.shape[0], int(np.prod(down.shape[1:]))
+        size = _RAW[up.dtype][1]
+        a, b = data_start + up.begin, data_start + down.begin
+        if rank != rank_down or a % size or b % size or 0 in (out, rank, width):
+            rest[name] = parts
+            continue
+        groups.setdefault((up.dtype, out, rank, width), []).append((name, a // size, b // size))
+    sketches = dict(fingerprint(rest, load).layers)
+    for (dtype, out, rank, width), group in groups.items():
+        raw_type, size = _RAW[dtype]
+        raw = np.frombuffer(data, dtype=raw_type, count=len(data) // size)
+        (r0, r_out), (c0, r_in) = _windows(out, width)
+        n_out, n_in = r_out.shape[0], r_in.shape[0]
+        # Views into the buffer, stacked once: only the sampled windows are copied.
+        ups = np.stack([raw[u + r0 * rank:u + (r0 + n_out) * rank] for _, u, _ in group])
+        downs = np.stack([raw[d:d + rank * width].reshape(rank, width)[:, c0:c0 + n_in] for _, _, d in group])
+        ups = _as_float(ups, dtype).reshape(len(group), n_out, rank)
+        downs = _as_float(downs, dtype)
+        batch = (r_out.T @ ups) @ (downs @ r_in)  # [L, K, K]
+        flat = batch.reshape(len(group), -1)
+        norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+        finite = torch.isfinite(norms).reshape(-1)
+        if not finite.all():  # NaN and Inf in the weights always reach the sketch
+            bad = group[int((~finite).nonzero()[0])][0]
+            raise ValueError(f"layer {bad}: tensor with NaN or infinite values")
+        unit = (flat / norms.clamp_min(1e-30)).numpy()
+        for i, (name, _, _) in enumerate(group):
+            if float(norms[i]) > 0:
+                sketches[name] = unit[i].astype(np.float32)
+    return Fingerprint(sketches)
+
+
+def _as_float(raw: np.ndarray, dtype: str) -> torch.Tensor:
+    if dtype == "F16":
+        return torch.from_numpy(raw.view(np.float16)).float()
+    if dtype == "BF16":
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(raw.view(np.float32)).clone()

@@ -7,16 +7,17 @@ other than tensors). Header-only mode reads ``8 + N`` bytes of a safetensors fil
 
 from __future__ import annotations
 
-import io
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .hashes import FileHashes, hash_file
-from .lora import Fingerprint, fingerprint, group_layers
+from .hashes import FileHashes, hash_buffer, hash_file
+from .lora import Fingerprint, fingerprint_buffer, group_layers, split_key
 from .pickle_scan import PickleReport, scan_file
 from .safetensors_header import MalformedModel, SafetensorsHeader, open_regular, read_header
 
@@ -56,8 +57,8 @@ def is_model_file(path: Path) -> bool:
     return path.suffix.lower() in MODEL_SUFFIXES
 
 
-def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fingerprint: bool = True
-                  ) -> ModelReport:
+def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fingerprint: bool = True,
+                  blake3: bool = True) -> ModelReport:
     report = ModelReport(os.fspath(path))
     try:
         fh, size = open_regular(path)
@@ -70,9 +71,9 @@ def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fin
         if _looks_pickled(head, Path(path)):
             if Path(path).suffix.lower() in SAFETENSORS_SUFFIXES:
                 report.problems.append("a pickle-based file named like a safetensors file")
-            _inspect_pickle(report, fh, size, metadata_only)
+            _inspect_pickle(report, fh, size, metadata_only, blake3)
         else:
-            _inspect_safetensors(report, fh, size, metadata_only, want_fingerprint)
+            _inspect_safetensors(report, fh, size, metadata_only, want_fingerprint, blake3)
     return report
 
 
@@ -86,7 +87,8 @@ def _plausible_safetensors(head: bytes) -> bool:
     return len(head) == 8 and int.from_bytes(head, "little") <= 100 * 1024 * 1024
 
 
-def _inspect_safetensors(report: ModelReport, fh, size: int, metadata_only: bool, want_fp: bool) -> None:
+def _inspect_safetensors(report: ModelReport, fh, size: int, metadata_only: bool, want_fp: bool,
+                         blake3: bool) -> None:
     report.container = "safetensors"
     try:
         header = read_header(fh, size)
@@ -99,18 +101,33 @@ def _inspect_safetensors(report: ModelReport, fh, size: int, metadata_only: bool
     if metadata_only:
         return
     lora_like = report.format.startswith(("kohya", "peft", "lycoris", "dora"))
-    keep = want_fp and lora_like and size <= MAX_FINGERPRINT_BYTES
-    buffer = bytearray(size) if keep else None
+    if not (want_fp and lora_like and size <= MAX_FINGERPRINT_BYTES):
+        report.hashes = hash_file(fh, header.data_start, blake3)
+        return
+    # A LoRA: read once into memory while hashing; the fingerprint then uses the same bytes.
+    data = _scratch(size)
+    report.hashes = hash_file(fh, header.data_start, blake3, into=data)
+    if report.hashes.size != size:
+        report.problems.append(f"file changed while being read ({report.hashes.size} of {size} bytes)")
+        return
+    try:
+        report.fingerprint = _fingerprint_from(header, data)
+    except ValueError as exc:
+        report.problems.append(str(exc))
 
-    def collect(offset: int, block: memoryview) -> None:
-        buffer[offset:offset + len(block)] = block
 
-    report.hashes = hash_file(fh, header.data_start, collect if keep else None)
-    if keep:
-        try:
-            report.fingerprint = _fingerprint_from(header, memoryview(buffer))
-        except ValueError as exc:
-            report.problems.append(str(exc))
+_local = threading.local()
+_KEEP_SCRATCH = 512 * 1024 ** 2
+
+
+def _scratch(size: int) -> memoryview:
+    """A per-thread reusable read buffer: fresh memory costs a page fault per 4 KiB."""
+    if size > _KEEP_SCRATCH:
+        return memoryview(np.empty(size, dtype=np.uint8))
+    buf = getattr(_local, "buffer", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buffer = np.empty(max(size, 64 * 1024 ** 2), dtype=np.uint8)
+    return memoryview(buf)[:size]
 
 
 def _fingerprint_from(header: SafetensorsHeader, data: memoryview) -> Fingerprint:
@@ -123,10 +140,10 @@ def _fingerprint_from(header: SafetensorsHeader, data: memoryview) -> Fingerprin
             return torch.zeros(info.shape, dtype=_TORCH_DTYPES[info.dtype])
         return torch.frombuffer(raw, dtype=_TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
-    return fingerprint(group_layers(header.tensors), load)
+    return fingerprint_buffer(group_layers(header.tensors), header.tensors, data, header.data_start, load)
 
 
-def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool) -> None:
+def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool, blake3: bool) -> None:
     if size > MAX_PICKLE_BYTES:
         report.container = "pickle"
         report.pickle = PickleReport(unsafe=[f"pickle-based file of {size} bytes is over the "
@@ -137,16 +154,27 @@ def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool) -> 
     report.container = {"zip": "zip-pickle", "legacy": "legacy-pickle"}.get(report.pickle.container, "pickle")
     report.format = "pickle-checkpoint"
     if not metadata_only:
-        report.hashes = hash_file(io.BytesIO(data), None)
+        report.hashes = hash_buffer(memoryview(data), None, blake3)
 
 
 # Identification --------------------------------------------------------------------------------
 def identify(header: SafetensorsHeader) -> tuple[str, str | None]:
     """(format, base-model family) from key names, shapes and training metadata."""
-    keys = header.tensors.keys()
-    layers = group_layers(keys)
-    parts = {p for layer in layers.values() for p in layer}
-    if layers and sum(len(p) for p in layers.values()) >= len(keys) / 2:
+    tensors = header.tensors
+    parts: set[str] = set()
+    lora_keys = 0
+    conv = peft = False
+    for key, info in tensors.items():
+        split = split_key(key)
+        if split is None:
+            continue
+        lora_keys += 1
+        part = split[1]
+        parts.add(part)
+        if part == "down":
+            peft = peft or ".lora_A" in key
+            conv = conv or (len(info.shape) == 4 and info.shape[2] > 1)
+    if lora_keys and lora_keys >= len(tensors) / 2:
         if {"w1a", "w2a"} & parts:
             fmt = "lycoris-loha"
         elif {"k1", "k1a", "k2", "k2a"} & parts:
@@ -155,44 +183,40 @@ def identify(header: SafetensorsHeader) -> tuple[str, str | None]:
             fmt = "lycoris-full"
         elif "dora" in parts:
             fmt = "dora"
-        elif any(".lora_A" in k for k in keys):
+        elif peft:
             fmt = "peft-lora"
-        elif any(len(header.tensors[p["down"]].shape) == 4 and header.tensors[p["down"]].shape[2] > 1
-                 for p in layers.values() if "down" in p):
-            fmt = "kohya-locon"
         else:
-            fmt = "kohya-lora"
-    elif {"emb_params"} & set(keys) or {"clip_l", "clip_g"} & set(keys) or any(k.startswith("string_to_param")
-                                                                              for k in keys):
+            fmt = "kohya-locon" if conv else "kohya-lora"
+    elif "emb_params" in tensors or "clip_l" in tensors or "clip_g" in tensors \
+            or any(k.startswith("string_to_param") for k in tensors):
         fmt = "textual-inversion"
     elif any(k.startswith(("model.diffusion_model.", "first_stage_model.", "conditioner.", "double_blocks.",
-                           "cond_stage_model.", "joint_blocks.")) for k in keys):
+                           "cond_stage_model.", "joint_blocks.")) for k in tensors):
         fmt = "checkpoint"
     else:
         fmt = "unknown"
-    return fmt, _base_model(header, layers)
+    return fmt, _base_model(header)
 
 
-def _base_model(header: SafetensorsHeader, layers) -> str | None:
+_FAMILY_FROM_METADATA = (("flux", "flux"), ("sd3", "sd3"), ("xl", "sdxl"), ("sd_v2", "sd2"),
+                         ("stable-diffusion-v2", "sd2"), ("sd_v1", "sd1"), ("stable-diffusion-v1", "sd1"))
+_FAMILY_FROM_KEYS = (("double_blocks", "flux"), ("single_blocks", "flux"), ("single_transformer_blocks", "flux"),
+                     ("joint_blocks", "sd3"), ("lora_te2_", "sdxl"), ("text_encoder_2", "sdxl"),
+                     ("conditioner.embedders.1", "sdxl"), ("lora_unet_input_blocks", "sdxl"), ("clip_g", "sdxl"),
+                     ("cond_stage_model.model.", "sd2"), ("cond_stage_model.transformer.", "sd1"))
+_CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def _base_model(header: SafetensorsHeader) -> str | None:
     meta = " ".join(header.metadata.get(k, "") for k in ("ss_base_model_version", "modelspec.architecture")).lower()
-    for needle, family in (("flux", "flux"), ("sd3", "sd3"), ("xl", "sdxl"), ("sd_v2", "sd2"),
-                           ("stable-diffusion-v2", "sd2"), ("sd_v1", "sd1"), ("stable-diffusion-v1", "sd1")):
+    for needle, family in _FAMILY_FROM_METADATA:
         if needle in meta:
             return family
-    keys = " ".join(list(header.tensors)[:4000])
-    if any(s in keys for s in ("double_blocks", "single_blocks", "single_transformer_blocks")):
-        return "flux"
-    if "joint_blocks" in keys:
-        return "sd3"
-    if any(s in keys for s in ("lora_te2_", "text_encoder_2", "conditioner.embedders.1", "lora_unet_input_blocks",
-                               "clip_g")):
-        return "sdxl"
-    if "cond_stage_model.model." in keys:
-        return "sd2"
-    if "cond_stage_model.transformer." in keys:
-        return "sd1"
-    for name, parts in layers.items():  # cross-attention context width
-        if name.endswith("attn2_to_k") and "down" in parts:
-            width = header.tensors[parts["down"]].shape[-1] if header.tensors[parts["down"]].shape else 0
-            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width)
+    keys = "\n".join(header.tensors)
+    for needle, family in _FAMILY_FROM_KEYS:
+        if needle in keys:
+            return family
+    for key, info in header.tensors.items():  # the cross-attention context width
+        if ("attn2_to_k.lora_down" in key or "attn2.to_k.lora_A" in key) and info.shape:
+            return _CROSS_ATTENTION_WIDTH.get(info.shape[-1])
     return None

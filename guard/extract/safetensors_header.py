@@ -8,7 +8,6 @@ with a reason precise enough to act on. Only ``8 + N`` bytes are read.
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
 from dataclasses import dataclass
@@ -104,21 +103,26 @@ def read_header(fh: BinaryIO, file_size: int) -> SafetensorsHeader:
 
 
 def _tensor(name: str, entry) -> TensorInfo:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+    # Checked with plain type tests: this runs once per tensor of every scanned file.
+    if type(entry) is not dict or len(entry) != 3 or "dtype" not in entry or "shape" not in entry \
+            or "data_offsets" not in entry:
         raise MalformedModel(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    itemsize = DTYPE_SIZES.get(dtype) if type(dtype) is str else None
+    if itemsize is None:
         raise MalformedModel(f"tensor {name!r}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    if type(shape) is not list:
         raise MalformedModel(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-            or offsets[0] > offsets[1]):
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:  # type() is int also refuses bools
+            raise MalformedModel(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        count *= dim
+    if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int \
+            or type(offsets[1]) is not int or not 0 <= offsets[0] <= offsets[1]:
         raise MalformedModel(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] with begin <= end")
-    expected = math.prod(shape) * DTYPE_SIZES[dtype]
-    if expected != offsets[1] - offsets[0]:
-        raise MalformedModel(f"tensor {name!r}: {dtype} x {shape} needs {expected:g} bytes, "
+    if count * itemsize != offsets[1] - offsets[0]:
+        raise MalformedModel(f"tensor {name!r}: {dtype} x {shape} needs {count * itemsize:g} bytes, "
                              f"data_offsets span {offsets[1] - offsets[0]}")
     return TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
 
@@ -140,12 +144,14 @@ class _Duplicate(Exception):
 
 
 def _no_duplicates(pairs):
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _Duplicate(key)
-        seen[key] = value
-    return seen
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return obj
 
 
 def _no_constants(name: str):
