@@ -21,4 +21,27 @@ step "A character's name in the negative prompt is a mitigation, not an attempt"
   guard check prompt "a giant robot at sunset" --negative "ultraman, pikachu"
 step "JSONL for scripts" \
   guard check prompt "Super Mario in a forest" --json
+step "Indirect anchors: no name, but two words that evoke one (flagged for review)" \
+  guard check prompt "a plumber in a videogame, pixel art"
+step "Scan uploaded model files: training metadata, pickle refusal (nothing is unpickled)" \
+  guard scan examples/demo_models
+rm -rf "$GUARD_STATE"
+step "Take the LoRA down (file hash, tensor hash and weight fingerprint are kept)" \
+  guard takedown add examples/demo_models/hero_style_v2.safetensors --notice DEMO-1 --character ultraman
+python - <<'PY'
+# A re-upload: metadata stripped, keys renamed to PEFT style, cast to bf16.
+from safetensors.torch import load_file, save_file
+from guard.extract.lora import canonical_layer
+t = load_file("examples/demo_models/hero_style_v2.safetensors")
+out = {}
+for key, value in t.items():
+    layer, part = key.rsplit(".", 2)[0], key.split(".", 1)[1]
+    if part == "alpha":
+        continue
+    name = canonical_layer(layer).replace("unet_", "unet.", 1)
+    out[f"{name}.{'lora_A' if 'down' in part else 'lora_B'}.weight"] = value.bfloat16()
+save_file(out, "out/reupload.safetensors")
+PY
+step "The re-upload (stripped, renamed, bf16) stays down" \
+  guard scan out/reupload.safetensors
 exit 0

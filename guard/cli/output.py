@@ -37,7 +37,10 @@ def emit_jsonl(verdicts: Iterable[Verdict]) -> None:
 
 def summarise(finding) -> str:
     ev = finding.evidence
-    detail = ev.get("reference") or ev.get("alias") or ev.get("reason") or ev.get("key") or ""
+    detail = ev.get("reference") or ev.get("alias") or ev.get("reason") or ", ".join(ev.get("keywords", [])) \
+        or ev.get("notice") or ""
+    if ev.get("key") and finding.signal.value in ("metadata", "keywords"):
+        detail += f" (in {ev['key']}" + (f", {ev['count']} images" if "count" in ev else "") + ")"
     if "authorized_account" in ev:
         detail += f" (authorized: {ev['authorized_account']})"
     return (f"{finding.subject} {finding.signal.value} {finding.score:.3f}≥{finding.threshold:.2f} "
@@ -76,7 +79,8 @@ def print_scan_summary(verdicts: Sequence[Verdict]) -> None:
         for subject in {f.subject for f in v.findings if f.action is not Action.ALLOW}:
             by_subject[subject] = by_subject.get(subject, 0) + 1
     counts = {a: sum(v.action is a for v in verdicts) for a in Action}
-    out.print(f"{len(verdicts)} files: " + " · ".join(f"{counts[a]} {a.value}" for a in Action))
+    noun = "file" if len(verdicts) == 1 else "files"
+    out.print(f"{len(verdicts)} {noun}: " + " · ".join(f"{counts[a]} {a.value}" for a in Action))
     if by_subject:
         out.print("by character / rule: " + ", ".join(f"{k} {n}" for k, n in sorted(by_subject.items(),
                                                                                    key=lambda kv: -kv[1])))
