@@ -1,14 +1,16 @@
 """`Guard`: the one facade every adapter calls.
 
-It owns a bank, a policy and an encoder; each ``check_*`` method extracts signals, asks
-the indexes for matches, lets the policy decide, and returns verdicts that all pass
-through `Guard._finish` (versions stamped there, and recorded there once an audit log
-is configured).
+It owns a bank, a policy, an encoder and (with a state folder) a takedown list and an
+audit log; each ``check_*`` method extracts signals, asks the indexes for matches, lets the
+policy decide, and returns verdicts that all pass through `Guard._finish`: versions are
+stamped there, strikes counted, and every verdict recorded once. Internal ``_`` checks
+return unfinished verdicts so composite checks (publications) are recorded once, whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -19,14 +21,19 @@ from . import __version__
 from .bank import Bank, Character
 from .encoders import encoder_label, encoder_name, load_encoder
 from .errors import ConfigError
+from . import bundles
+from .bank.build import enroll
+from .bank.character import IMAGE_SUFFIXES
+from .bundles import is_bundle, read_bundle
 from .extract.model_file import inspect_model
+from .extract.pdq import pdq
 from .extract.text import fold
 from .extract.training_metadata import metadata_texts
-from .images import ImageInput, describe
+from .images import ImageInput, UnreadableImage, describe, open_rgb
 from .match.embedding import EmbeddingIndex, Match
 from .match.text import TextMatcher
 from .policy import Policy
-from .state import TakedownList
+from .state import AuditLog, TakedownList
 from .verdict import Action, Finding, Signal, Surface, Verdict, format_finding
 
 log = logging.getLogger("guard")
@@ -60,24 +67,31 @@ class Guard:
         if encoder is not None:
             bank.require_encoder(encoder.name)
         self.takedowns = TakedownList(state) if state is not None else None
+        self.audit = AuditLog(state) if state is not None else None
         self.versions = {
             "guard": __version__,
             "bank": bank.digest,
             "policy": self.policy.digest,
             "encoder": encoder_label(bank.encoder),
         }
+        text_policy = self.policy.section("text")
+        self._windows = (int(text_policy.get("window_words", 12)), int(text_policy.get("window_stride", 6)))
+        self._steer = bool(text_policy.get("steer", False))
+        self._encoder_options: dict[str, Any] = {}
+        self._index_bank()
+
+    def _index_bank(self) -> None:
+        """Derive the search structures from the bank (again after it changes)."""
+        bank, text_policy = self.bank, self.policy.section("text")
         self._characters: list[Character] = bank.characters
         emb, owner, self._image_ref = bank.image_matrix()
         self._image_index = EmbeddingIndex(emb, owner)
-        text_policy = self.policy.section("text")
         self._text = TextMatcher.from_bank(bank, benign=text_policy.get("benign", []),
                                            fuzzy=text_policy.get("fuzzy", True))
         temb, towner = bank.text_matrix()
         self._text_index = EmbeddingIndex(temb, towner)
         self._text_rows = [t for c in self._characters for t in bank.entry(c.id).texts]
-        self._windows = (int(text_policy.get("window_words", 12)), int(text_policy.get("window_stride", 6)))
-        self._steer = bool(text_policy.get("steer", False))
-        self._encoder_options: dict[str, Any] = {}
+        self.versions["bank"] = bank.digest
 
     @property
     def encoder(self):
@@ -112,27 +126,53 @@ class Guard:
             subjects: names for the verdicts (default: the path, or ``image[i]``).
 
         Unreadable images get a ``format`` verdict; a failure of the guard itself gets a
-        verdict with ``error`` set, which the policy's fail mode turns into an action.
+        verdict with ``error`` set, which the policy's fail mode turns into an action. Images
+        whose PDQ hash is near a taken-down image are blocked as re-uploads.
         """
+        return [self._finish(v, account) for v in self._images(images, surface, account, subjects)]
+
+    def _images(self, images: Sequence[ImageInput], surface: Surface | str, account: str | None,
+                subjects: Sequence[str] | None = None) -> list[Verdict]:
         surface = _surface(surface, IMAGE_SURFACES)
         names = list(subjects) if subjects is not None else [describe(x, i) for i, x in enumerate(images)]
         if len(names) != len(images):
             raise ValueError(f"subjects has {len(names)} names for {len(images)} images")
         floor = self._floor(Signal.CLIP_IMAGE, surface)
+        pdq_policy = self.policy.section("pdq")
+        extract = None
+        if self.takedowns is not None and self.takedowns.has_images:
+            dihedral = bool(pdq_policy.get("dihedral", True))
+            extract = lambda img: {"pdq": pdq(img, dihedral)}  # noqa: E731 (runs in the prefetch thread)
         verdicts: list[Verdict | None] = [None] * len(images)
         try:
-            for idx, emb, failures, digests in self.encoder.iter_image_batches(images):
+            for idx, emb, failures, infos in self.encoder.iter_image_batches(images, extract=extract):
                 for i, reason in failures.items():
                     verdicts[i] = format_finding(names[i], surface, reason)
                 for i, matches in zip(idx, self._image_index.search(emb, floor)):
-                    findings = self._image_findings(matches, surface, account, digests[i])
+                    findings = self._image_findings(matches, surface, account, infos[i]["sha256"])
+                    findings += self._pdq_findings(infos[i].get("pdq"), surface)
                     verdicts[i] = Verdict(names[i], surface, tuple(findings))
         except (RuntimeError, ValueError, OSError, MemoryError) as exc:
             log.exception("image check failed")
             error = f"{type(exc).__name__}: {exc}"
             verdicts = [v or Verdict(names[i], surface, error=error, error_action=self.policy.error_action)
                         for i, v in enumerate(verdicts)]
-        return [self._finish(v) for v in verdicts]  # type: ignore[arg-type]
+        return verdicts  # type: ignore[return-value]
+
+    def _pdq_findings(self, hashed, surface: Surface) -> list[Finding]:
+        if hashed is None:
+            return []
+        hashes, quality = hashed
+        pdq_policy = self.policy.section("pdq")
+        if quality < int(pdq_policy.get("min_quality", 50)):
+            return []
+        findings = []
+        for distance, entry in self.takedowns.by_pdq(hashes, int(pdq_policy.get("max_distance", 31)))[:3]:
+            finding = self._takedown_finding(Signal.PDQ, 1.0 - distance / 256, entry, surface)
+            if finding is not None:
+                findings.append(dataclasses.replace(
+                    finding, evidence={**finding.evidence, "distance": distance, "quality": quality}))
+        return findings
 
     def _image_findings(self, matches: Iterable[Match], surface: Surface, account: str | None,
                         digest: str) -> list[Finding]:
@@ -164,7 +204,7 @@ class Guard:
         verdict = Verdict(subject if subject is not None else text, Surface.PROMPT, tuple(findings))
         if self._steer and verdict.action is Action.FLAG:
             verdict = self._steered(verdict, negative)
-        return self._finish(verdict)
+        return self._finish(verdict, account)
 
     def text_findings(self, text: str, surface: Surface, account: str | None = None,
                       where: Mapping[str, Any] | None = None, alias_signal: Signal = Signal.ALIAS
@@ -240,6 +280,11 @@ class Guard:
         The verdict's ``facts`` carry the format, base model family, hashes and, for pickle
         files, the globals the file would import.
         """
+        verdict = self._model_file(path, account, trigger_words, metadata_only, subject)
+        return self._finish(verdict, account)
+
+    def _model_file(self, path: str | os.PathLike, account: str | None, trigger_words: Sequence[str] = (),
+                    metadata_only: bool = False, subject: str | None = None) -> Verdict:
         report = inspect_model(path, metadata_only=metadata_only,
                                blake3=self.policy.section("model").get("blake3", True))
         findings = [_format(reason) for reason in report.problems]
@@ -253,7 +298,7 @@ class Guard:
         findings += self._metadata_findings(report.metadata, trigger_words, account)
         findings += self._hash_mismatch(report)
         findings += self._takedown_findings(report)
-        return self._finish(Verdict(subject or os.fspath(path), Surface.MODEL_FILE, tuple(findings), facts=facts))
+        return Verdict(subject or os.fspath(path), Surface.MODEL_FILE, tuple(findings), facts=facts)
 
     def _metadata_findings(self, metadata: Mapping[str, str], trigger_words: Sequence[str],
                            account: str | None) -> list[Finding]:
@@ -288,28 +333,64 @@ class Guard:
                 findings.append(self._takedown_finding(Signal.FINGERPRINT, score, entry))
         return [f for f in findings if f is not None]
 
-    def _takedown_finding(self, signal: Signal, score: float, entry) -> Finding | None:
-        decision = self.policy.decide(signal, score, Surface.MODEL_FILE, encoder=self.bank.encoder,
-                                      character=entry.character)
+    def _takedown_finding(self, signal: Signal, score: float, entry,
+                          surface: Surface = Surface.MODEL_FILE) -> Finding | None:
+        decision = self.policy.decide(signal, score, surface, encoder=self.bank.encoder, character=entry.character)
         if decision is None:
             return None
         return Finding(f"takedown:{entry.notice}", signal, score, decision.threshold, decision.action,
                        {"notice": entry.notice, "character": entry.character, "takedown_id": entry.id,
                         "taken_down": entry.created})
 
-    def take_down(self, path: str | os.PathLike, notice: str, character: str | None = None,
-                  reason: str | None = None):
-        """Put a model file on the takedown list (hashes and fingerprint), so it stays down."""
+    def take_down(self, item: str | os.PathLike, notice: str, character: str | None = None,
+                  reason: str | None = None) -> list:
+        """Put an item on the takedown list so it stays down; returns the entries made.
+
+        A model file keeps its hashes and LoRA fingerprint; an image its SHA-256 and PDQ hash;
+        a publication bundle (folder or JSON manifest) all of its model file and images.
+        """
         if self.takedowns is None:
             raise ConfigError("no state folder: pass --state DIR (or GUARD_STATE) to keep a takedown list")
         if character is not None:
             self.bank.character(character)  # a typo in the character id is an error, not a silent entry
+        path = Path(item)
+        entry = functools.partial(self.takedowns.add, notice, character=character, reason=reason)
+        if is_bundle(path):
+            parts = read_bundle(path)
+            made = []
+            for part in [parts.model] + parts.images if parts.model else parts.images:
+                made += self.take_down(part, notice, character, reason)
+            return made
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                img, digest = open_rgb(path)
+            except UnreadableImage as exc:
+                raise ConfigError(f"{path}: cannot take this image down, it cannot be read ({exc.reason})") from None
+            hashes, quality = pdq(img)
+            return [entry(subject=str(path), sha256=digest, pdq=hashes[0].tobytes(), pdq_quality=quality)]
         report = inspect_model(path)
         if report.hashes is None:
-            raise ConfigError(f"{os.fspath(path)} cannot be hashed: {'; '.join(report.problems) or 'unreadable'}")
-        return self.takedowns.add(notice, character=character, reason=reason, subject=os.fspath(path),
-                                  sha256=report.hashes.sha256, tensor_sha256=report.hashes.tensor_sha256,
-                                  fingerprint=report.fingerprint)
+            raise ConfigError(f"{path} cannot be hashed: {'; '.join(report.problems) or 'unreadable'}")
+        return [entry(subject=str(path), sha256=report.hashes.sha256, tensor_sha256=report.hashes.tensor_sha256,
+                      fingerprint=report.fingerprint)]
+
+    # Datasets, publications, notices ------------------------------------------------------------
+    def check_dataset(self, folder: str | os.PathLike, account: str | None = None) -> tuple[Verdict, list[Verdict]]:
+        """Screen a LoRA training set: a verdict for the set and one per image (see `guard.bundles`)."""
+        dataset, images = bundles.check_dataset(self, Path(folder), account)
+        return self._finish(dataset, account), [self._finish(v, account) for v in images]
+
+    def check_publication(self, bundle: str | os.PathLike, account: str | None = None) -> Verdict:
+        """Screen a whole publication before it goes public (see `guard.bundles`)."""
+        verdict, owner = bundles.check_publication(self, Path(bundle), account)
+        return self._finish(verdict, owner)
+
+    def enroll(self, character: str, refs: str | os.PathLike, holder: str | None = None,
+               accounts: Sequence[str] = (), names: Mapping[str, str] | None = None) -> Character:
+        """Enroll or update a character from a rights holder's notice; only new images are encoded."""
+        char = enroll(self.bank, character, Path(refs), self.encoder, holder, accounts, names)
+        self._index_bank()
+        return char
 
     # Shared -----------------------------------------------------------------------------------
     def _decide(self, signal: Signal, score: float, surface: Surface, char: Character,
@@ -334,9 +415,20 @@ class Guard:
         chars = [(c.id, c.thresholds) for c in self._characters]
         return self.policy.lowest_threshold(signal, surface, self.bank.encoder, chars)
 
-    def _finish(self, verdict: Verdict) -> Verdict:
-        """Every verdict leaves through here: versions are stamped (and recorded, later)."""
-        return verdict.with_versions(self.versions)
+    def _finish(self, verdict: Verdict, account: str | None = None) -> Verdict:
+        """Every verdict leaves through here: versions stamped, strikes counted, recorded once."""
+        verdict = verdict.with_versions(self.versions)
+        strikes = self.policy.section("strikes")
+        if strikes.get("enabled") and account and self.audit is not None and verdict.action is Action.BLOCK:
+            days = float(strikes.get("window_days", 30))
+            count = self.audit.blocked_since(account, days) + 1
+            level = next((lvl for lvl in ("suspend", "notify", "warn") if count >= int(strikes.get(lvl, 10 ** 9))),
+                         None)
+            verdict = dataclasses.replace(verdict, facts={**verdict.facts, "strikes": {
+                "account": account, "blocked_attempts": count, "window_days": days, "level": level}})
+        if self.audit is not None:
+            self.audit.record(verdict, account)
+        return verdict
 
 
 def _surface(value: Surface | str, allowed: Sequence[Surface]) -> Surface:

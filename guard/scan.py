@@ -1,4 +1,4 @@
-"""Scanning catalogs of model files: finding them, and checking them on several cores.
+"""Scanning catalogs: model files on several cores, and re-checking a whole catalog.
 
 Header parsing and metadata screening are pure Python, so one process uses one core;
 `scan_files` spreads files over worker processes, each with its own `Guard` built from the
@@ -8,14 +8,18 @@ Verdicts come back in input order.
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .bank.character import IMAGE_SUFFIXES
+from .bundles import MANIFEST
+from .errors import ConfigError
 from .extract.model_file import is_model_file
 from .facade import Guard
-from .verdict import Verdict
+from .verdict import Surface, Verdict
 
 _worker: Guard | None = None
 
@@ -62,3 +66,60 @@ def _start_worker(guard_args: dict) -> None:
 
 def _check_one(path: str, check: dict) -> Verdict:
     return _worker.check_model_file(path, **check)
+
+
+def catalog_items(catalog: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """``(kind, path, id)`` for every item of a catalog: a folder tree, or a JSONL index whose
+    lines are ``{"path": ..., "id": ..., "type": "image" | "model" | "publication"}``."""
+    root = Path(catalog)
+    items: list[tuple[str, str, str]] = []
+    if root.is_file():
+        for n, line in enumerate(root.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                path = Path(entry["path"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ConfigError(f"catalog {root} line {n}: not an item ({exc}); "
+                                  'expected {"path": ..., "id": ..., "type": ...}') from None
+            path = path if path.is_absolute() else root.parent / path
+            items.append((entry.get("type") or _kind(path), str(path), str(entry.get("id") or path)))
+        return items
+    if not root.is_dir():
+        raise ConfigError(f"catalog {root} is neither a folder nor a JSONL index")
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        dirs.sort()
+        if MANIFEST in names:  # a publication: checked whole
+            items.append(("publication", folder, folder))
+            dirs[:] = []
+            continue
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            kind = _kind(Path(path))
+            if kind:
+                items.append((kind, path, path))
+    return items
+
+
+def _kind(path: Path) -> str:
+    if path.is_dir() or path.suffix.lower() == ".json":
+        return "publication"
+    if is_model_file(path):
+        return "model"
+    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else ""
+
+
+def rescan(guard: Guard, catalog: str | os.PathLike) -> Iterator[Verdict]:
+    """Re-check an existing catalog against the current bank and takedown list."""
+    items = catalog_items(catalog)
+    images = [(path, ident) for kind, path, ident in items if kind == "image"]
+    for start in range(0, len(images), 64):
+        chunk = images[start:start + 64]
+        yield from guard.check_images([p for p, _ in chunk], surface=Surface.COVER_IMAGE,
+                                      subjects=[i for _, i in chunk])
+    for kind, path, ident in items:
+        if kind == "model":
+            yield guard.check_model_file(path, subject=ident)
+        elif kind == "publication":
+            yield guard.check_publication(path)

@@ -65,8 +65,8 @@ def test_guard_failure_follows_the_fail_mode(bank_file, encoder):
         def __init__(self, inner):
             self.inner, self.name, self.label, self.dim = inner, inner.name, inner.label, inner.dim
 
-        def iter_image_batches(self, images):
-            for item in self.inner.iter_image_batches(images):
+        def iter_image_batches(self, images, **options):
+            for item in self.inner.iter_image_batches(images, **options):
                 raise RuntimeError("CUDA out of memory (simulated)")
                 yield item
 

@@ -145,7 +145,7 @@ def test_nan_weights_are_a_format_finding(guard, tmp_path):
 
 
 def test_takedown_stays_down_after_stripping_and_casting(state_guard, lora, tmp_path):
-    entry = state_guard.take_down(lora, "DMCA-1", character="ultraman", reason="trained on Ultraman")
+    [entry] = state_guard.take_down(lora, "DMCA-1", character="ultraman", reason="trained on Ultraman")
     assert entry.sha256 and entry.fingerprint and len(entry.fingerprint.layers) == len(mf.LAYERS)
     exact = state_guard.check_model_file(lora)
     assert any(f.signal is Signal.FILE_HASH and f.evidence["notice"] == "DMCA-1" for f in exact.findings)

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import BankError
 from ..images import UnreadableImage
-from .character import Reference, read_character_dir
+from .character import IMAGE_SUFFIXES, Character, Reference, read_character_dir
 from .store import Bank, Entry, stack_rows
 
 log = logging.getLogger("guard")
@@ -92,3 +92,55 @@ def _reusable(bank: Bank) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tens
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def enroll(bank: Bank, character: str, refs: Path, encoder, holder: str | None = None,
+           accounts=(), names=None) -> "Character":
+    """Enroll or update ``character`` from a rights holder's notice.
+
+    The images in ``refs`` join the character's references (images already in the bank are
+    recognised by digest and not encoded again); ``holder``, ``accounts`` and ``names`` update
+    its record. A ``character.toml`` in ``refs`` supplies the other fields for a new character.
+
+    Raises:
+        BankError: the folder is missing, holds no image, or an image cannot be read.
+    """
+    bank.require_encoder(encoder.name)
+    if not refs.is_dir():
+        raise BankError(f"references folder {refs} does not exist or is not a folder")
+    if (refs / "character.toml").is_file():
+        base, images = read_character_dir(refs)
+        if base.id != character:
+            raise BankError(f"{refs / 'character.toml'} describes {base.id!r}, not {character!r}")
+    else:
+        base = bank.character(character) if character in bank else Character.from_dict({"id": character})
+        images = sorted(p for p in refs.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise BankError(f"{refs} holds no reference images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    old = bank.entry(character) if character in bank else None
+    known = {r.sha256: old.image_embeddings[i] for i, r in enumerate(old.character.references)} if old else {}
+    known_refs = list(old.character.references) if old else []
+    new_refs = [Reference(p.name, _sha256(p)) for p in images]
+    fresh = [(p, r) for p, r in zip(images, new_refs) if r.sha256 not in known]
+    if fresh:
+        try:
+            embs = encoder.encode_images([p for p, _ in fresh])
+        except UnreadableImage as exc:
+            raise BankError(f"a reference image cannot be read: {exc}; fix or remove it") from None
+        known.update({r.sha256: embs[i] for i, (_, r) in enumerate(fresh)})
+    references = known_refs + [r for r in dict.fromkeys(new_refs) if r.sha256 not in {k.sha256 for k in known_refs}]
+    char = dataclasses.replace(
+        base,
+        holder=holder or base.holder,
+        authorized_accounts=tuple(dict.fromkeys([*base.authorized_accounts, *accounts])),
+        names={**base.names, **(names or {})},
+        references=tuple(references),
+    )
+    texts = char.all_names
+    old_texts = dict(zip(old.texts, old.text_embeddings)) if old else {}
+    missing = [t for t in texts if t not in old_texts]
+    if missing:
+        old_texts.update(zip(missing, encoder.encode_texts(missing)))
+    bank.put(Entry(char, stack_rows([known[r.sha256] for r in references], bank.dim), texts,
+                   stack_rows([old_texts[t] for t in texts], bank.dim)))
+    return char

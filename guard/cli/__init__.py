@@ -20,8 +20,8 @@ from ..bank.character import IMAGE_SUFFIXES
 from ..encoders import load_encoder
 from ..errors import ConfigError, GuardError
 from ..facade import Guard
-from ..scan import find_model_files, scan_files
-from ..verdict import Surface
+from ..scan import find_model_files, rescan, scan_files
+from ..verdict import Action, Surface
 from . import output
 from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, out
 
@@ -85,6 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", help="the negative prompt (never a finding)")
     p.add_argument("--account", help="the account that submits the prompt")
     p.set_defaults(run=cmd_check_prompt)
+    p = check.add_parser("dataset", parents=[common], help="check a LoRA training set (images + captions)")
+    p.add_argument("folder")
+    p.add_argument("--account", help="the uploading account")
+    p.set_defaults(run=cmd_check_dataset)
+    p = check.add_parser("publication", parents=[common], help="check a publication before it goes public")
+    p.add_argument("bundle", help="a folder (publication.json optional) or a JSON manifest")
+    p.add_argument("--account", help="the publishing account (default: the manifest's)")
+    p.set_defaults(run=cmd_check_publication)
+
+    notice = groups.add_parser("notice", help="rights holders' notices").add_subparsers(dest="cmd", required=True)
+    p = notice.add_parser("add", parents=[common], help="enroll or update a character from a notice")
+    p.add_argument("--character", required=True, help="character id (new or existing)")
+    p.add_argument("--refs", required=True, help="folder of reference images from the notice")
+    p.add_argument("--holder", help="the rights holder")
+    p.add_argument("--accounts", nargs="*", default=[], help="accounts authorized to use the character")
+    p.add_argument("--name", action="append", default=[], metavar="LANG=NAME", help="a display name, e.g. en=Ultraman")
+    p.set_defaults(run=cmd_notice_add)
+
+    p = groups.add_parser("rescan", parents=[common], help="re-check a catalog against the current bank")
+    p.add_argument("catalog", help="a folder tree, or a JSONL index of items")
+    p.set_defaults(run=cmd_rescan)
+
+    audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="cmd", required=True)
+    p = audit.add_parser("verify", parents=[common], help="check the audit log's hash chain")
+    p.set_defaults(run=cmd_audit_verify)
+    p = audit.add_parser("report", parents=[common], help="duty-of-care summary (JSON, and HTML with --html)")
+    p.add_argument("--since", help="ISO date/time (inclusive)")
+    p.add_argument("--until", help="ISO date/time (exclusive)")
+    p.add_argument("--html", help="also write a self-contained HTML page here")
+    p.add_argument("-o", "--output", help="write the JSON here instead of stdout")
+    p.set_defaults(run=cmd_audit_report)
     p = groups.add_parser("scan", parents=[common], help="gate model files (LoRA, Checkpoint, embeddings)")
     p.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
     p.add_argument("--metadata-only", action="store_true", help="read safetensors headers only")
@@ -96,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_scan)
 
     takedown = groups.add_parser("takedown", help="the takedown list").add_subparsers(dest="cmd", required=True)
-    p = takedown.add_parser("add", parents=[common], help="take a model file down (and keep it down)")
-    p.add_argument("file")
+    p = takedown.add_parser("add", aliases=["apply"], parents=[common],
+                            help="take items down and keep them down (model files, images, publications)")
+    p.add_argument("items", nargs="+", metavar="ITEM")
     p.add_argument("--notice", required=True, help="the notice this answers (ticket id)")
     p.add_argument("--character", help="the protected character concerned")
     p.add_argument("--reason")
@@ -259,12 +291,93 @@ def _takedowns(args):
 
 
 def cmd_takedown_add(args) -> int:
-    entry = _guard(args).take_down(args.file, args.notice, args.character, args.reason)
+    guard = _guard(args)
+    for item in args.items:
+        for entry in guard.take_down(item, args.notice, args.character, args.reason):
+            if args.json:
+                print(json.dumps(entry.to_dict(), ensure_ascii=False))
+                continue
+            kept = (f"PDQ {entry.pdq.hex()[:16]}…" if entry.pdq else
+                    f"{entry.to_dict()['fingerprint_layers']} fingerprinted layers")
+            out.print(f"taken down under notice {entry.notice}: {entry.subject} (sha256 {entry.sha256[:16]}…, "
+                      f"{kept})", highlight=False)
+    return EXIT_OK
+
+
+def cmd_check_dataset(args) -> int:
+    dataset, images = _guard(args).check_dataset(args.folder, account=args.account)
+    _emit(args, images + [dataset])
+    if not args.json:
+        output.print_table([v for v in images if v.action is not Action.ALLOW] + [dataset], title="training set")
+    return output.exit_code([dataset])
+
+
+def cmd_check_publication(args) -> int:
+    verdict = _guard(args).check_publication(args.bundle, account=args.account)
+    _emit(args, [verdict])
+    return _finish(args, [verdict], "publication")
+
+
+def cmd_notice_add(args) -> int:
+    if not args.bank:
+        raise ConfigError("notice add updates a bank: pass --bank BANK or set GUARD_BANK")
+    names = {}
+    for item in args.name:
+        lang, sep, name = item.partition("=")
+        if not sep or not lang or not name:
+            raise ConfigError(f"--name {item!r}: write it as LANG=NAME, e.g. en=Ultraman")
+        names[lang] = name
+    guard = _guard(args)
+    char = guard.enroll(args.character, args.refs, args.holder, args.accounts, names)
+    guard.bank.save(args.bank)
+    return _report_bank(args, guard.bank, f"enrolled {char.id}: {len(char.references)} references, "
+                                          f"holder {char.holder or '-'}")
+
+
+def cmd_rescan(args) -> int:
+    guard = _guard(args)
+    verdicts = []
+    for verdict in rescan(guard, args.catalog):
+        _emit(args, [verdict])
+        verdicts.append(verdict)
+    if not args.json:
+        output.print_scan_summary(verdicts)
+    return output.exit_code(verdicts)
+
+
+def _state(args) -> str:
+    if not args.state:
+        raise ConfigError("the audit log lives in a state folder: pass --state DIR or set GUARD_STATE")
+    return args.state
+
+
+def cmd_audit_verify(args) -> int:
+    from ..state import AuditLog
+
+    result = AuditLog(_state(args)).verify()
     if args.json:
-        print(json.dumps(entry.to_dict(), ensure_ascii=False))
+        print(json.dumps(result.__dict__))
+    elif result.ok:
+        out.print(f"audit log intact: {result.rows} rows, hash chain verified", highlight=False)
     else:
-        out.print(f"taken down under notice {entry.notice}: {args.file} (sha256 {entry.sha256[:16]}…, "
-                  f"{entry.to_dict()['fingerprint_layers']} fingerprinted layers)", highlight=False)
+        err.print(f"[red]audit log BROKEN at row {result.bad_seq}: {result.reason}[/]", highlight=False)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_audit_report(args) -> int:
+    from ..report import build_report, render_html
+    from ..state import AuditLog, TakedownList
+
+    state = _state(args)
+    report = build_report(AuditLog(state), TakedownList(state), args.since, args.until)
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    if args.html:
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        err.print(f"wrote {args.html}", highlight=False)
     return EXIT_OK
 
 

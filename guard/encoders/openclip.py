@@ -8,6 +8,7 @@ either gets its real weights or the caller gets `EncoderUnavailable`, never rand
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -60,10 +61,14 @@ class OpenClipEncoder:
         return encoder_label(self.name)
 
     # Images -----------------------------------------------------------------------------
-    def prepare_image(self, item: ImageInput) -> tuple[torch.Tensor, str]:
-        """Decode and preprocess one input; returns the model-ready tensor and the input digest."""
+    def prepare_image(self, item: ImageInput, extract: Callable | None = None) -> tuple[torch.Tensor, dict]:
+        """Decode and preprocess one input: the model-ready tensor, and facts about the input
+        (its ``sha256``, plus what ``extract(image)`` returns, e.g. a perceptual hash)."""
         img, digest = open_rgb(item)
-        return self.preprocess(img), digest
+        info = {"sha256": digest}
+        if extract is not None:
+            info.update(extract(img))
+        return self.preprocess(img), info
 
     @torch.inference_mode()
     def forward_images(self, batch: torch.Tensor) -> torch.Tensor:
@@ -80,9 +85,10 @@ class OpenClipEncoder:
             out[idx] = emb
         return out
 
-    def iter_image_batches(self, images: Sequence[ImageInput], batch_size: int | None = None
-                           ) -> Iterator[tuple[list[int], torch.Tensor, dict[int, str], dict[int, str]]]:
-        """Yield ``(indices, embeddings, failures, digests)`` per batch.
+    def iter_image_batches(self, images: Sequence[ImageInput], batch_size: int | None = None,
+                           extract: Callable | None = None
+                           ) -> Iterator[tuple[list[int], torch.Tensor, dict[int, str], dict[int, dict]]]:
+        """Yield ``(indices, embeddings, failures, infos)`` per batch (see `prepare_image`).
 
         Decoding and preprocessing of the next batch run in a worker thread while the model
         runs on the current one (PIL and torch both release the GIL), so the model is rarely
@@ -90,8 +96,8 @@ class OpenClipEncoder:
         """
         size = batch_size or self.batch_size
         chunks = [range(s, min(s + size, len(images))) for s in range(0, len(images), size)]
-        yield from _prefetched(chunks, lambda c: _prepare_chunk(self.prepare_image, images, c),
-                               self.forward_images, self.dim)
+        prepare = functools.partial(self.prepare_image, extract=extract)
+        yield from _prefetched(chunks, lambda c: _prepare_chunk(prepare, images, c), self.forward_images, self.dim)
 
     # Texts ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -105,17 +111,17 @@ class OpenClipEncoder:
 
 
 def _prepare_chunk(prepare: Callable, images: Sequence[ImageInput], chunk: range):
-    tensors, idx, failures, digests = [], [], {}, {}
+    tensors, idx, failures, infos = [], [], {}, {}
     for i in chunk:
         try:
-            tensor, digest = prepare(images[i])
+            tensor, info = prepare(images[i])
         except UnreadableImage as exc:
             failures[i] = exc.reason
             continue
         tensors.append(tensor)
         idx.append(i)
-        digests[i] = digest
-    return idx, (torch.stack(tensors) if tensors else None), failures, digests
+        infos[i] = info
+    return idx, (torch.stack(tensors) if tensors else None), failures, infos
 
 
 def _prefetched(chunks, prepare, forward, dim):
@@ -124,11 +130,11 @@ def _prefetched(chunks, prepare, forward, dim):
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-prefetch") as pool:
         pending = pool.submit(prepare, chunks[0])
         for nxt in chunks[1:] + [None]:
-            idx, batch, failures, digests = pending.result()
+            idx, batch, failures, infos = pending.result()
             if nxt is not None:
                 pending = pool.submit(prepare, nxt)
             emb = forward(batch) if batch is not None else torch.empty((0, dim))
-            yield idx, emb, failures, digests
+            yield idx, emb, failures, infos
 
 
 # Loading ------------------------------------------------------------------------------------

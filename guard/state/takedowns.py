@@ -3,7 +3,8 @@
 One SQLite database (``takedowns.sqlite`` in the state folder, WAL mode). Each entry keeps
 the file's SHA-256, its tensor-data SHA-256 (survives metadata edits) and, for LoRAs, the
 weight fingerprint (survives renaming, casts, re-scaling, small noise), with the notice it
-answers. Fingerprints are stored as bytes of our own format, never pickled.
+answers; for images, the PDQ hash (survives re-encoding, resizing, slight crops).
+Fingerprints are stored as bytes of our own format, never pickled.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ConfigError
+import numpy as np
+
 from ..extract.lora import Fingerprint
+from ..extract.pdq import distances
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS takedowns (
@@ -27,6 +31,8 @@ CREATE TABLE IF NOT EXISTS takedowns (
     sha256 TEXT,
     tensor_sha256 TEXT,
     fingerprint BLOB,
+    pdq BLOB,
+    pdq_quality INTEGER,
     created TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS takedowns_sha256 ON takedowns (sha256);
@@ -45,12 +51,14 @@ class Takedown:
     tensor_sha256: str | None
     fingerprint: Fingerprint | None
     created: str
+    pdq: bytes | None = None
+    pdq_quality: int | None = None
 
     def to_dict(self) -> dict:
         return {"id": self.id, "notice": self.notice, "character": self.character, "reason": self.reason,
                 "subject": self.subject, "sha256": self.sha256, "tensor_sha256": self.tensor_sha256,
                 "fingerprint_layers": len(self.fingerprint.layers) if self.fingerprint else 0,
-                "created": self.created}
+                "pdq": self.pdq.hex() if self.pdq else None, "created": self.created}
 
 
 class TakedownList:
@@ -67,19 +75,21 @@ class TakedownList:
             raise ConfigError(f"state folder {folder}: cannot open the takedown list ({exc})") from None
         self._lock = threading.Lock()
         self._cache: list[Takedown] | None = None
+        self._pdq: tuple[list[Takedown], np.ndarray] = ([], np.zeros((0, 32), dtype=np.uint8))
 
     def add(self, notice: str, *, character: str | None = None, reason: str | None = None,
             subject: str | None = None, sha256: str | None = None, tensor_sha256: str | None = None,
-            fingerprint: Fingerprint | None = None) -> Takedown:
+            fingerprint: Fingerprint | None = None, pdq: bytes | None = None,
+            pdq_quality: int | None = None) -> Takedown:
         if not notice:
             raise ValueError("notice must name the takedown notice (e.g. its ticket id)")
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._lock, self._db:
             cur = self._db.execute(
                 "INSERT INTO takedowns (notice, character, reason, subject, sha256, tensor_sha256, fingerprint,"
-                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " pdq, pdq_quality, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (notice, character, reason, subject, sha256, tensor_sha256,
-                 fingerprint.to_bytes() if fingerprint else None, created))
+                 fingerprint.to_bytes() if fingerprint else None, pdq, pdq_quality, created))
             self._cache = None
             row_id = cur.lastrowid
         return next(t for t in self.entries() if t.id == row_id)
@@ -94,9 +104,12 @@ class TakedownList:
         with self._lock:
             if self._cache is None:
                 rows = self._db.execute("SELECT id, notice, character, reason, subject, sha256, tensor_sha256,"
-                                        " fingerprint, created FROM takedowns ORDER BY id").fetchall()
-                self._cache = [Takedown(*r[:7], Fingerprint.from_bytes(r[7]) if r[7] else None, r[8])
+                                        " fingerprint, created, pdq, pdq_quality FROM takedowns ORDER BY id").fetchall()
+                self._cache = [Takedown(*r[:7], Fingerprint.from_bytes(r[7]) if r[7] else None, r[8], r[9], r[10])
                                for r in rows]
+                with_pdq = [t for t in self._cache if t.pdq]
+                self._pdq = (with_pdq, np.frombuffer(b"".join(t.pdq for t in with_pdq), dtype=np.uint8)
+                             .reshape(len(with_pdq), 32))
             return list(self._cache)
 
     def by_hash(self, sha256: str | None, tensor_sha256: str | None) -> list[tuple[str, Takedown]]:
@@ -108,6 +121,18 @@ class TakedownList:
             elif tensor_sha256 and entry.tensor_sha256 == tensor_sha256:
                 hits.append(("tensor_hash", entry))
         return hits
+
+    @property
+    def has_images(self) -> bool:
+        self.entries()
+        return bool(self._pdq[0])
+
+    def by_pdq(self, hashes: np.ndarray, max_distance: int) -> list[tuple[int, Takedown]]:
+        """Taken-down images within ``max_distance`` bits of any of ``hashes`` ([k, 32] packed)."""
+        self.entries()
+        entries, stored = self._pdq
+        found = [(int(d), entries[i]) for i, d in enumerate(distances(hashes, stored)) if d <= max_distance]
+        return sorted(found, key=lambda de: de[0])
 
     def by_fingerprint(self, fingerprint: Fingerprint, floor: float) -> list[tuple[float, Takedown]]:
         scored = [(fingerprint.similarity(e.fingerprint), e) for e in self.entries() if e.fingerprint]
