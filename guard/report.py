@@ -69,8 +69,8 @@ def _bars(title: str, counts: dict[str, int]) -> str:
         return f"<h2>{html.escape(title)}</h2><p>none</p>"
     width, row, label_w = 640, 26, 200
     peak = max(counts.values()) or 1
-    parts = [f'<svg role="img" aria-label="{html.escape(title)}" width="{width}" height="{row * len(counts) + 10}"'
-             f' xmlns="http://www.w3.org/2000/svg">']
+    parts = [f'<svg role="img" aria-label="{html.escape(title)}" width="{width}" '
+             f'height="{row * len(counts) + 10}">']
     for i, (name, value) in enumerate(counts.items()):
         y = i * row + 5
         bar = max(2, int((width - label_w - 60) * value / peak))
