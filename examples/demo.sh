@@ -4,6 +4,7 @@
 # It uses the tiny test encoder: its similarities mean nothing on real images.
 set -u
 cd "$(dirname "$0")/.."
+rm -rf out
 mkdir -p out
 export GUARD_BANK=out/demo-bank.safetensors GUARD_ENCODER=tiny-test GUARD_STATE=out/state
 
@@ -25,7 +26,6 @@ step "Indirect anchors: no name, but two words that evoke one (flagged for revie
   guard check prompt "a plumber in a videogame, pixel art"
 step "Scan uploaded model files: training metadata, pickle refusal (nothing is unpickled)" \
   guard scan examples/demo_models
-rm -rf "$GUARD_STATE"
 step "Take the LoRA down (file hash, tensor hash and weight fingerprint are kept)" \
   guard takedown add examples/demo_models/hero_style_v2.safetensors --notice DEMO-1 --character ultraman
 python - <<'PY'
@@ -44,4 +44,9 @@ save_file(out, "out/reupload.safetensors")
 PY
 step "The re-upload (stripped, renamed, bf16) stays down" \
   guard scan out/reupload.safetensors
+step "Every verdict above was recorded once; the hash chain proves none was edited" \
+  guard audit verify
+step "The duty-of-care report (JSON here; out/report.html has the charts)" \
+  guard audit report --html out/report.html -o out/report.json
+python -c "import json; r = json.load(open('out/report.json')); print({k: r[k] for k in ('verdicts', 'by_action', 'by_character', 'takedowns', 'reupload_blocks')})"
 exit 0
