@@ -115,7 +115,8 @@ class Guard:
 
     # Images ---------------------------------------------------------------------------------
     def check_images(self, images: Sequence[ImageInput], surface: Surface | str = Surface.GENERATED_IMAGE,
-                     account: str | None = None, subjects: Sequence[str] | None = None) -> list[Verdict]:
+                     account: str | None = None, subjects: Sequence[str] | None = None,
+                     record: bool = True) -> list[Verdict]:
         """One verdict per image, in input order.
 
         Args:
@@ -124,12 +125,17 @@ class Guard:
             account: the uploading/generating account; authorized accounts are allowed for
                 their characters (the verdict says so).
             subjects: names for the verdicts (default: the path, or ``image[i]``).
+            record: write the verdicts to the audit log (off for transient previews, such as
+                the early-abort checks during denoising).
 
         Unreadable images get a ``format`` verdict; a failure of the guard itself gets a
         verdict with ``error`` set, which the policy's fail mode turns into an action. Images
         whose PDQ hash is near a taken-down image are blocked as re-uploads.
         """
-        return [self._finish(v, account) for v in self._images(images, surface, account, subjects)]
+        verdicts = self._images(images, surface, account, subjects)
+        if not record:
+            return [v.with_versions(self.versions) for v in verdicts]
+        return [self._finish(v, account) for v in verdicts]
 
     def _images(self, images: Sequence[ImageInput], surface: Surface | str, account: str | None,
                 subjects: Sequence[str] | None = None) -> list[Verdict]:
@@ -205,6 +211,12 @@ class Guard:
         if self._steer and verdict.action is Action.FLAG:
             verdict = self._steered(verdict, negative)
         return self._finish(verdict, account)
+
+    def unscreened_prompt(self, reason: str, account: str | None = None) -> Verdict:
+        """The (recorded) verdict for a generation whose prompt text was not available, e.g.
+        a caller passing ``prompt_embeds``: allowed, and saying so."""
+        return self._finish(Verdict("<prompt text not available>", Surface.PROMPT,
+                                    facts={"screened": False, "reason": reason}), account)
 
     def text_findings(self, text: str, surface: Surface, account: str | None = None,
                       where: Mapping[str, Any] | None = None, alias_signal: Signal = Signal.ALIAS

@@ -1,0 +1,209 @@
+"""The diffusers hooks on a real (tiny) Stable Diffusion pipeline."""
+
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from guard import Action, Bank, Guard, Policy, Signal
+from guard.bank import build_bank
+from guard.integrations.diffusers import GuardBlocked, load_pipeline, protect
+
+from .tiny_pipeline import tiny_lora, tiny_pipeline
+
+STEPS = 6
+CALL = dict(num_inference_steps=STEPS, height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, encoder):
+    """A pipeline, the image it makes for a fixed prompt and seed, and a bank built from that
+    image (plus the demo characters), so a real generation can match a protected character."""
+    folder = tmp_path_factory.mktemp("pipe")
+    pipe = tiny_pipeline(folder)
+    image = pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), **CALL).images[0]
+    previews = []
+
+    def grab(p, step, t, tensors):
+        if step + 1 == 2:
+            from guard.integrations.diffusers import _preview
+            previews.extend(_preview(p, tensors["latents"], 64))
+        return tensors
+
+    pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), callback_on_step_end=grab, **CALL)
+    refs = folder / "refs"
+    (refs / "harbour-hero").mkdir(parents=True)
+    # A random-weight pipeline's outputs all look alike to the tiny encoder (cosine 0.96-0.99),
+    # so this character only matches (near-)exact copies: its bank thresholds say so.
+    (refs / "harbour-hero" / "character.toml").write_text(
+        'aliases = ["Harbour Hero"]\nholder = "Example"\n[thresholds.clip_image]\nflag = 0.995\nblock = 0.998\n')
+    image.save(refs / "harbour-hero" / "final.png")
+    Image.fromarray((previews[0] * 255).round().astype(np.uint8)).save(refs / "harbour-hero" / "preview.png")
+    bank = folder / "bank.safetensors"
+    build_bank(refs, encoder).save(bank)
+    return folder, bank
+
+
+@pytest.fixture()
+def pipe_and_guard(made, encoder, tmp_path):
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.load(), encoder, state=tmp_path / "state")
+    pipe = protect(tiny_pipeline(folder), guard, account="alice")
+    calls = []
+    pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    return pipe, guard, calls
+
+
+def test_blocked_prompt_raises_before_the_unet_runs(pipe_and_guard):
+    pipe, guard, calls = pipe_and_guard
+    with pytest.raises(GuardBlocked) as info:
+        pipe(["a dog", "harbour hero on a boat"], **CALL)
+    assert calls == [] and info.value.verdict.findings[0].subject == "harbour-hero"
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+
+
+def test_clean_generation_runs_and_reports(pipe_and_guard):
+    pipe, guard, calls = pipe_and_guard
+    out = pipe(["a dog", "a tree"], num_images_per_prompt=2, generator=torch.Generator().manual_seed(1), **CALL)
+    assert len(out.images) == 4 and len(out.guard_verdicts) == 4 and out.guard_blocked == [False] * 4
+    assert len(calls) == STEPS
+
+
+def test_matching_output_is_replaced_and_reported(pipe_and_guard):
+    pipe, guard, _ = pipe_and_guard
+    out = pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), **CALL)
+    assert out.guard_blocked == [True]
+    assert out.guard_verdicts[0].findings[0].subject == "harbour-hero"
+    assert np.asarray(out.images[0]).max() == 0  # replaced by black
+    for output_type in ("np", "pt"):
+        out = pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), output_type=output_type, **CALL)
+        assert out.guard_blocked == [True] and float(out.images[0].max()) == 0.0
+    with pytest.raises(GuardBlocked, match="latent output"):
+        pipe("a quiet harbour", output_type="latent", **CALL)
+
+
+def test_early_abort_stops_at_the_first_check_and_user_callback_runs(made, encoder, tmp_path):
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.load(), encoder)
+    pipe = protect(tiny_pipeline(folder), guard, early_abort_every=2, preview_size=64)
+    calls, seen = [], []
+    pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+
+    def mine(p, step, t, tensors):
+        seen.append(step)
+        return tensors
+
+    with pytest.raises(GuardBlocked) as info:
+        pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), callback_on_step_end=mine, **CALL)
+    assert info.value.step == 2 and len(calls) == 2 < STEPS
+    assert seen[:2] == [0, 1]
+
+
+def test_clean_lora_loads_and_bad_ones_are_refused(pipe_and_guard, tmp_path):
+    pipe, guard, _ = pipe_and_guard
+    pipe.load_lora_weights(str(tiny_lora(tmp_path / "clean.safetensors", 1)), adapter_name="clean")
+    assert pipe.get_list_adapters() == {"unet": ["clean"]}
+
+    tagged = tiny_lora(tmp_path / "tagged.safetensors", 2, {"ss_tag_frequency": '{"5_x": {"harbour hero": 12}}'})
+    with pytest.raises(GuardBlocked) as info:
+        pipe.load_lora_weights(str(tagged), adapter_name="tagged")
+    assert info.value.verdict.findings[0].signal is Signal.METADATA
+
+    taken = tiny_lora(tmp_path / "taken.safetensors", 3)
+    guard.take_down(taken, "N-9", character="harbour-hero")
+    with pytest.raises(GuardBlocked):
+        pipe.load_lora_weights(str(taken), adapter_name="taken")
+    from safetensors.torch import load_file
+    with pytest.raises(GuardBlocked):  # the same weights as a state dict
+        pipe.load_lora_weights(load_file(taken), adapter_name="taken2")
+
+    evil = tmp_path / "evil.bin"
+    payload = pickle.dumps({"w": _Payload()}, protocol=2)
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+    with pytest.raises(GuardBlocked) as info:
+        pipe.load_lora_weights(str(evil), adapter_name="evil")
+    assert info.value.verdict.findings[0].signal is Signal.PICKLE
+    assert pipe.get_list_adapters() == {"unet": ["clean"]}  # nothing else was loaded
+
+
+class _Payload:
+    def __reduce__(self):
+        return print, ("would run",)
+
+
+def test_flagged_lora_loads_and_is_recorded(made, encoder, tmp_path):
+    folder, bank = made
+    policy = Policy.from_dict({"signals": {"metadata": {"action": "flag"}}})
+    guard = Guard(Bank.load(bank), policy, encoder, state=tmp_path / "state")
+    pipe = protect(tiny_pipeline(folder), guard, account="bob")
+    tagged = tiny_lora(tmp_path / "tagged.safetensors", 2, {"ss_tag_frequency": '{"5_x": {"harbour hero": 12}}'})
+    pipe.load_lora_weights(str(tagged), adapter_name="tagged")
+    assert pipe.get_list_adapters() == {"unet": ["tagged"]}
+    row = list(guard.audit.rows())[-1]
+    assert row["action"] == "flag" and row["account"] == "bob" and row["surface"] == "model_file"
+
+
+def test_prompt_embeds_and_steer(made, encoder, tmp_path):
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.from_dict({"text": {"steer": True}}), encoder, state=tmp_path)
+    pipe = protect(tiny_pipeline(folder), guard)
+    embeds = torch.zeros(1, 77, 32)
+    out = pipe(prompt_embeds=embeds, negative_prompt_embeds=embeds, **CALL)
+    assert len(out.images) == 1
+    first = next(iter(guard.audit.rows()))
+    assert '"screened": false' in first["verdict"]
+
+
+def test_load_pipeline_refuses_bad_checkpoints(made, encoder, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.load(), encoder)
+    evil = tmp_path / "model.ckpt"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": _Payload()}, protocol=2))
+    with pytest.raises(GuardBlocked):
+        load_pipeline(StableDiffusionPipeline, evil, guard)
+    saved = tmp_path / "pipeline"
+    tiny_pipeline(folder).save_pretrained(saved)
+    pipe = load_pipeline(StableDiffusionPipeline, saved, guard)
+    assert getattr(type(pipe), "_guard_protected", False)
+    assert pipe("a dog", **CALL).guard_blocked == [False]
+
+
+def test_example_generation_server_on_loopback(made, encoder, tmp_path):
+    import json as _json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    folder, bank = made
+    from examples.generation_server import make_server
+
+    guard = Guard(Bank.load(bank), Policy.load(), encoder, state=tmp_path)
+    server = make_server(guard, tiny_pipeline(folder), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/generate"
+
+    def post(body):
+        request = urllib.request.Request(url, data=_json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, _json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, _json.loads(error.read())
+
+    try:
+        status, body = post({"prompt": "a dog", "steps": 2, "account": "carol"})
+        assert status == 200 and body["image_png_base64"] and body["verdicts"][0]["action"] == "allow"
+        status, body = post({"prompt": "Harbour Hero portrait", "steps": 2})
+        assert status == 403 and body["verdicts"][0]["findings"][0]["subject"] == "harbour-hero"
+        assert post({"nope": 1})[0] == 400
+    finally:
+        server.shutdown()
+    assert {r["account"] for r in guard.audit.rows()} >= {"carol"}

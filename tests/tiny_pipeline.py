@@ -1,0 +1,74 @@
+"""A tiny Stable Diffusion pipeline built from configs (no downloads): 2-block UNet, tiny VAE,
+tiny CLIP text encoder, and a CLIPTokenizer made from open_clip's bundled BPE vocabulary."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+
+
+def _byte_alphabet() -> list[str]:
+    """CLIP's stand-ins for the 256 byte values (GPT-2's byte-level scheme): printable bytes as
+    themselves, in order, then the others mapped to code points from 256 up."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+
+
+def clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = [tuple(line.split()) for line in gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
+    alphabet = _byte_alphabet()
+    vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + \
+        ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>",
+                         model_max_length=77)
+
+
+def tiny_pipeline(folder: Path, seed: int = 0):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=8, attention_head_dim=4)
+    vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=8)
+    text = CLIPTextModel(CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, hidden_size=32, intermediate_size=37,
+                                        num_attention_heads=4, num_hidden_layers=2, pad_token_id=49407,
+                                        vocab_size=49408))
+    scheduler = DDIMScheduler(clip_sample=False)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(folder / "tokenizer"),
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_lora(path: Path, seed: int, metadata: dict | None = None) -> Path:
+    """A kohya-format LoRA for the tiny UNet's attention layers."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name in ("down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                 "down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+                 "up_blocks_1_attentions_0_transformer_blocks_0_attn1_to_v"):
+        key = f"lora_unet_{name}"
+        tensors[f"{key}.lora_down.weight"] = torch.randn(4, 32, generator=g) * 0.1
+        tensors[f"{key}.lora_up.weight"] = torch.randn(32, 4, generator=g) * 0.1
+        tensors[f"{key}.alpha"] = torch.tensor(4.0)
+    save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", **(metadata or {})})
+    return path
