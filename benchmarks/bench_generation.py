@@ -27,11 +27,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from guard import Bank, Guard, Policy  # noqa: E402
+from guard import Guard, Policy  # noqa: E402
 from guard.bank import build_bank  # noqa: E402
 from guard.encoders import load_encoder  # noqa: E402
-from guard.integrations.diffusers import GuardBlocked, _preview, protect  # noqa: E402
-from tests.tiny_pipeline import tiny_pipeline  # noqa: E402
+from guard.integrations.diffusers import GuardBlocked, protect  # noqa: E402
+from tests.tiny_pipeline import preview_at, tiny_pipeline  # noqa: E402
 
 
 def main() -> None:
@@ -46,19 +46,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         plain = tiny_pipeline(folder)
-        previews = []
-
-        def grab(p, step, t, tensors):
-            if step + 1 == 4:
-                previews.extend(_preview(p, tensors["latents"], 64))
-            return tensors
-
-        plain("a lighthouse", generator=torch.Generator().manual_seed(7), callback_on_step_end=grab, **call)
+        _, preview = preview_at(plain, "a lighthouse", 7, step=4, size=64, **call)
         refs = folder / "refs" / "beacon"
         refs.mkdir(parents=True)
         (refs / "character.toml").write_text('aliases = ["Beacon Boy"]\n[thresholds.clip_image]\nflag = 0.995\n'
                                              'block = 0.998\n')
-        Image.fromarray((previews[0] * 255).round().astype(np.uint8)).save(refs / "preview.png")
+        Image.fromarray((preview * 255).round().astype(np.uint8)).save(refs / "preview.png")
         bank = build_bank(folder / "refs", encoder)
         guard = Guard(bank, Policy.load(), encoder)
         protected = protect(tiny_pipeline(folder), guard)

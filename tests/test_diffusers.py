@@ -12,7 +12,7 @@ from guard import Action, Bank, Guard, Policy, Signal
 from guard.bank import build_bank
 from guard.integrations.diffusers import GuardBlocked, load_pipeline, protect
 
-from .tiny_pipeline import tiny_lora, tiny_pipeline
+from .tiny_pipeline import preview_at, tiny_lora, tiny_pipeline
 
 STEPS = 6
 CALL = dict(num_inference_steps=STEPS, height=64, width=64)
@@ -23,17 +23,7 @@ def made(tmp_path_factory, encoder):
     """A pipeline, the image it makes for a fixed prompt and seed, and a bank built from that
     image (plus the demo characters), so a real generation can match a protected character."""
     folder = tmp_path_factory.mktemp("pipe")
-    pipe = tiny_pipeline(folder)
-    image = pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), **CALL).images[0]
-    previews = []
-
-    def grab(p, step, t, tensors):
-        if step + 1 == 2:
-            from guard.integrations.diffusers import _preview
-            previews.extend(_preview(p, tensors["latents"], 64))
-        return tensors
-
-    pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), callback_on_step_end=grab, **CALL)
+    image, preview = preview_at(tiny_pipeline(folder), "a quiet harbour", 3, step=2, size=64, **CALL)
     refs = folder / "refs"
     (refs / "harbour-hero").mkdir(parents=True)
     # A random-weight pipeline's outputs all look alike to the tiny encoder (cosine 0.96-0.99),
@@ -41,7 +31,7 @@ def made(tmp_path_factory, encoder):
     (refs / "harbour-hero" / "character.toml").write_text(
         'aliases = ["Harbour Hero"]\nholder = "Example"\n[thresholds.clip_image]\nflag = 0.995\nblock = 0.998\n')
     image.save(refs / "harbour-hero" / "final.png")
-    Image.fromarray((previews[0] * 255).round().astype(np.uint8)).save(refs / "harbour-hero" / "preview.png")
+    Image.fromarray((preview * 255).round().astype(np.uint8)).save(refs / "harbour-hero" / "preview.png")
     bank = folder / "bank.safetensors"
     build_bank(refs, encoder).save(bank)
     return folder, bank

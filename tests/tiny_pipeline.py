@@ -72,3 +72,18 @@ def tiny_lora(path: Path, seed: int, metadata: dict | None = None) -> Path:
         tensors[f"{key}.alpha"] = torch.tensor(4.0)
     save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", **(metadata or {})})
     return path
+
+
+def preview_at(pipe, prompt: str, seed: int, step: int, size: int, **call):
+    """Generate once and return the guard's early-abort preview (HxWx3 floats) after ``step`` steps."""
+    from guard.integrations.diffusers import _preview
+
+    previews = []
+
+    def grab(p, i, t, tensors):
+        if i + 1 == step:
+            previews.extend(_preview(p, tensors["latents"], size))
+        return tensors
+
+    image = pipe(prompt, generator=torch.Generator().manual_seed(seed), callback_on_step_end=grab, **call).images[0]
+    return image, previews[0]
