@@ -219,15 +219,16 @@ class Guard:
                                     facts={"screened": False, "reason": reason}), account)
 
     def text_findings(self, text: str, surface: Surface, account: str | None = None,
-                      where: Mapping[str, Any] | None = None, alias_signal: Signal = Signal.ALIAS
-                      ) -> list[Finding]:
+                      where: Mapping[str, Any] | None = None, alias_signal: Signal = Signal.ALIAS,
+                      cache: bool = False) -> list[Finding]:
         """Alias and keyword findings for any text (prompt, title, tag, training metadata).
 
         ``where`` is added to every finding's evidence (e.g. which metadata key held the text);
-        ``alias_signal`` is the signal a name counts as (``metadata`` inside model files).
+        ``alias_signal`` is the signal a name counts as (``metadata`` inside model files);
+        ``cache`` remembers matches of short recurring texts (tags).
         """
         findings = []
-        for hit in self._text.find(text):
+        for hit in self._text.find(text, cache=cache):
             signal = alias_signal if hit.kind == "alias" else Signal.KEYWORDS
             if hit.kind == "alias":
                 score = 1.0 - 0.1 * hit.evidence.get("edit_distance", 0)
@@ -317,7 +318,8 @@ class Guard:
         texts = list(metadata_texts(metadata)) + [(w, {"key": "trigger_words"}) for w in trigger_words]
         kept: dict[tuple, Finding] = {}
         for text, where in texts:
-            for f in self.text_findings(text, Surface.MODEL_FILE, account, where, alias_signal=Signal.METADATA):
+            for f in self.text_findings(text, Surface.MODEL_FILE, account, where, alias_signal=Signal.METADATA,
+                                        cache=True):
                 # Texts come most-used tag first: keep the first finding per character, signal and key.
                 kept.setdefault((f.subject, f.signal, where["key"]), f)
         return list(kept.values())

@@ -149,6 +149,14 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _fits(value: Any, kind: type, lo: float | None, hi: float | None) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if not isinstance(value, int if kind is int else (int, float)):
+        return False
+    return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
 def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     def fail(where: str, message: str) -> ConfigError:
         return ConfigError(f"policy {source}: {where}: {message}")
@@ -209,26 +217,21 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         if not isinstance(value, expected) or (expected is int and (isinstance(value, bool) or value < 1)):
             raise fail(f"text.{key}", f"{value!r} must be a {'positive ' if expected is int else ''}"
                                       f"{expected.__name__}")
-    numbers = {
+    settings_tables = {  # key: (type, lowest, highest)
         "pdq": {"max_distance": (int, 0, 256), "min_quality": (int, 0, 100), "dihedral": (bool, None, None)},
         "dataset": {"flag_images": (int, 1, None), "block_share": (float, 0.0, 1.0)},
         "strikes": {"enabled": (bool, None, None), "window_days": (float, 0.0, None), "warn": (int, 1, None),
                     "notify": (int, 1, None), "suspend": (int, 1, None)},
     }
-    for section, spec in numbers.items():
+    for section, spec in settings_tables.items():
         for key, value in data.get(section, {}).items():
             if key not in spec:
                 raise fail(f"{section}.{key}", f"unknown key; allowed: {', '.join(spec)}")
             kind, lo, hi = spec[key]
-            ok = isinstance(value, bool) if kind is bool else (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or
-                                                                                     isinstance(value, int)))
-            if ok and kind is not bool:
-                ok = (lo is None or value >= lo) and (hi is None or value <= hi)
-            if not ok:
-                bounds = "true or false" if kind is bool else \
-                    f"a{'n integer' if kind is int else ' number'} from {lo}" + (f" to {hi}" if hi is not None else "")
-                raise fail(f"{section}.{key}", f"{value!r} must be {bounds}")
+            if not _fits(value, kind, lo, hi):
+                wanted = "true or false" if kind is bool else \
+                    f"{'an integer' if kind is int else 'a number'} from {lo}" + (f" to {hi}" if hi is not None else "")
+                raise fail(f"{section}.{key}", f"{value!r} must be {wanted}")
     for key, value in data.get("model", {}).items():
         if key == "blake3":
             if not isinstance(value, bool):

@@ -88,3 +88,16 @@ def test_unreadable_policy_files_are_config_errors(tmp_path):
     bad.write_text("[signals\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         Policy.load(bad)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"pdq": {"max_distance": 300}}, "pdq.max_distance"),
+    ({"pdq": {"dihedral": 1}}, "true or false"),
+    ({"dataset": {"block_share": 1.5}}, "dataset.block_share"),
+    ({"strikes": {"warn": 0}}, "strikes.warn"),
+    ({"strikes": {"window": 30}}, "unknown key"),
+    ({"model": {"blake3": "yes"}}, "model.blake3"),
+])
+def test_settings_tables_are_validated(data, message):
+    with pytest.raises(ConfigError, match=message):
+        Policy.from_dict(data)

@@ -131,8 +131,21 @@ class TextMatcher:
         return cls(chars, benign, fuzzy)
 
     # Matching -------------------------------------------------------------------------------
-    def find(self, text: str) -> list[TextHit]:
-        """Characters named or evoked in ``text``: at most one alias and one keyword hit each."""
+    def find(self, text: str, cache: bool = False) -> list[TextHit]:
+        """Characters named or evoked in ``text``: at most one alias and one keyword hit each.
+
+        ``cache``: remember the result for short texts. Meant for metadata, where the same tags
+        ("1girl", "solo", "masterpiece") recur across a whole catalog; prompts are not cached.
+        """
+        if cache and len(text) <= 256:
+            return list(self._find_cached(text))
+        return self._find(text)
+
+    @functools.lru_cache(maxsize=65_536)  # noqa: B019 (one matcher per Guard, kept for its lifetime)
+    def _find_cached(self, text: str) -> tuple[TextHit, ...]:
+        return tuple(self._find(text))
+
+    def _find(self, text: str) -> list[TextHit]:
         if self._empty or not text:
             return []
         folded = fold(text)
