@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guard import Action, Bank, Guard, Policy, Signal
+from guard import Bank, Guard, Policy, Signal
 from guard.bank import build_bank
 from guard.integrations.diffusers import GuardBlocked, load_pipeline, protect
 
