@@ -48,7 +48,7 @@ def tiny_pipeline(folder: Path, seed: int = 0):
     text = CLIPTextModel(CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, hidden_size=32, intermediate_size=37,
                                         num_attention_heads=4, num_hidden_layers=2, pad_token_id=49407,
                                         vocab_size=49408))
-    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler = DDIMScheduler(clip_sample=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(folder / "tokenizer"),
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
