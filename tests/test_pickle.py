@@ -143,3 +143,22 @@ def test_scanner_unit_on_plain_pickles():
     assert not report.safe and ("posix", "system") in report.globals
     assert not scan_file(b"").safe  # nothing to scan is not clean
     assert not scan_file(struct.pack("<Q", 5)).safe
+
+
+def test_convert_clean_checkpoint_and_refuse_a_canary(bank_file, canaries, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from guard.cli import main
+
+    state = {"state_dict": OrderedDict(w=torch.randn(3, 4), b=torch.zeros(4).half()), "epoch": 3}
+    state["state_dict"]["tied"] = state["state_dict"]["w"]  # shared storage
+    ckpt = tmp_path / "model.ckpt"
+    torch.save(state, ckpt)
+    out = tmp_path / "model.safetensors"
+    assert main(["convert", str(ckpt), "-o", str(out), "--bank", str(bank_file)]) == 0
+    converted = load_file(out)
+    assert set(converted) == {"w", "b", "tied"} and torch.equal(converted["w"], state["state_dict"]["w"])
+    marker, paths = canaries
+    target = tmp_path / "evil.safetensors"
+    assert main(["convert", str(paths["payload in data.pkl.pt"]), "-o", str(target), "--bank", str(bank_file)]) == 4
+    assert not target.exists() and not marker.exists()

@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger-words", nargs="*", default=[], help="trigger words declared with the upload")
     p.set_defaults(run=cmd_scan)
 
+    p = groups.add_parser("convert", parents=[common], help="convert a pickle checkpoint that passes the gate "
+                                                           "to safetensors")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    p.set_defaults(run=cmd_convert)
+
     takedown = groups.add_parser("takedown", help="the takedown list").add_subparsers(dest="cmd", required=True)
     p = takedown.add_parser("add", aliases=["apply"], parents=[common],
                             help="take items down and keep them down (model files, images, publications)")
@@ -301,6 +307,23 @@ def cmd_takedown_add(args) -> int:
                     f"{entry.to_dict()['fingerprint_layers']} fingerprinted layers")
             out.print(f"taken down under notice {entry.notice}: {entry.subject} (sha256 {entry.sha256[:16]}…, "
                       f"{kept})", highlight=False)
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    from ..convert import ConversionRefused, convert_to_safetensors
+
+    try:
+        verdict = convert_to_safetensors(_guard(args), args.file, args.output)
+    except ConversionRefused as refused:
+        _emit(args, [refused.verdict])
+        if not args.json:
+            output.print_table([refused.verdict], title="not converted")
+        return output.exit_code([refused.verdict])
+    if args.json:
+        output.emit_jsonl([verdict])
+    else:
+        out.print(f"converted {args.file} -> {args.output}", highlight=False)
     return EXIT_OK
 
 
