@@ -11,7 +11,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Mapping, NamedTuple
 
 MAX_HEADER = 100 * 1024 * 1024
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
@@ -27,8 +27,7 @@ class MalformedModel(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):  # a tuple: one is made per tensor of every scanned file
     dtype: str
     shape: tuple[int, ...]
     begin: int  # offsets relative to the start of the data section
