@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .bank.character import IMAGE_SUFFIXES
 from .errors import ConfigError
 from .extract.model_file import is_model_file
+from .images import image_files, is_image
 from .verdict import Action, Finding, Signal, Surface, Verdict, format_finding
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def read_bundle(path: Path) -> Bundle:
         if manifest.is_file():
             return _from_manifest(manifest)
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [p for p in files if is_image(p)]
         cover = next((p for p in images if p.stem.lower() == "cover"), images[0] if images else None)
         models = [p for p in files if is_model_file(p)]
         return Bundle(path, cover=cover, samples=[p for p in images if p != cover], model=models[0] if models else None)
@@ -147,7 +147,7 @@ def check_dataset(guard: "Guard", folder: Path, account: str | None) -> tuple[Ve
     """The training set's verdict and one per image (all unfinished)."""
     if not folder.is_dir():
         raise ConfigError(f"dataset {folder} is not a folder")
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(folder, recursive=True)
     surface = Surface.TRAINING_IMAGE
     verdicts = guard._images([str(p) for p in images], surface, account)
     captions = 0

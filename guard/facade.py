@@ -23,13 +23,12 @@ from .encoders import encoder_label, encoder_name, load_encoder
 from .errors import ConfigError
 from . import bundles
 from .bank.build import enroll
-from .bank.character import IMAGE_SUFFIXES
 from .bundles import is_bundle, read_bundle
 from .extract.model_file import inspect_model
 from .extract.pdq import pdq
 from .extract.text import fold
 from .extract.training_metadata import metadata_texts
-from .images import ImageInput, UnreadableImage, describe, open_rgb
+from .images import ImageInput, UnreadableImage, describe, is_image, open_rgb
 from .match.embedding import EmbeddingIndex, Match
 from .match.text import TextMatcher
 from .policy import Policy
@@ -375,7 +374,7 @@ class Guard:
             for part in [parts.model] + parts.images if parts.model else parts.images:
                 made += self.take_down(part, notice, character, reason)
             return made
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image(path):
             try:
                 img, digest = open_rgb(path)
             except UnreadableImage as exc:

@@ -22,6 +22,17 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 MAX_PIXELS = 8192 * 8192
 #: Largest encoded file we read into memory.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (and below it, if ``recursive``), sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and is_image(p))
 
 
 class UnreadableImage(ValueError):

@@ -161,7 +161,8 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     def fail(where: str, message: str) -> ConfigError:
         return ConfigError(f"policy {source}: {where}: {message}")
 
-    allowed_top = {"policy", "signals", "encoders", "characters", "text", "model", "dataset", "pdq", "strikes"}
+    allowed_top = {"policy", "signals", "encoders", "characters", "text", "model", "dataset", "pdq", "strikes",
+                   "generation"}
     unknown = set(data) - allowed_top
     if unknown:
         raise fail(", ".join(sorted(unknown)), f"unknown section; allowed: {', '.join(sorted(allowed_top))}")
@@ -232,6 +233,9 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
                 wanted = "true or false" if kind is bool else \
                     f"{'an integer' if kind is int else 'a number'} from {lo}" + (f" to {hi}" if hi is not None else "")
                 raise fail(f"{section}.{key}", f"{value!r} must be {wanted}")
+    for key, value in data.get("generation", {}).items():
+        if key != "latent_output" or value not in ("refuse", "pass"):
+            raise fail(f"generation.{key}", "allowed: latent_output = \"refuse\" or \"pass\"")
     for key, value in data.get("model", {}).items():
         if key == "blake3":
             if not isinstance(value, bool):

@@ -14,11 +14,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .bank.character import IMAGE_SUFFIXES
 from .bundles import MANIFEST
 from .errors import ConfigError
 from .extract.model_file import is_model_file
 from .facade import Guard
+from .images import is_image
 from .verdict import Surface, Verdict
 
 _worker: Guard | None = None
@@ -107,7 +107,7 @@ def _kind(path: Path) -> str:
         return "publication"
     if is_model_file(path):
         return "model"
-    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else ""
+    return "image" if is_image(path) else ""
 
 
 def rescan(guard: Guard, catalog: str | os.PathLike) -> Iterator[Verdict]:

@@ -197,3 +197,12 @@ def test_example_generation_server_on_loopback(made, encoder, tmp_path):
     finally:
         server.shutdown()
     assert {r["account"] for r in guard.audit.rows()} >= {"carol"}
+
+
+def test_latent_output_follows_the_policy(made, encoder):
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.from_dict({"generation": {"latent_output": "pass"}}), encoder)
+    out = protect(tiny_pipeline(folder), guard)("a dog", output_type="latent", **CALL)
+    assert out.images.shape[1] == 4  # latents came back unchecked, as the policy allows
+    with pytest.raises(Exception, match="generation.latent_output"):
+        Policy.from_dict({"generation": {"latent_output": "sometimes"}})

@@ -11,8 +11,8 @@ from typing import Iterable
 import torch
 
 from ..errors import BankError
-from ..images import UnreadableImage
-from .character import IMAGE_SUFFIXES, Character, Reference, read_character_dir
+from ..images import IMAGE_SUFFIXES, UnreadableImage, image_files
+from .character import Character, Reference, read_character_dir
 from .store import Bank, Entry, stack_rows
 
 log = logging.getLogger("guard")
@@ -114,7 +114,7 @@ def enroll(bank: Bank, character: str, refs: Path, encoder, holder: str | None =
             raise BankError(f"{refs / 'character.toml'} describes {base.id!r}, not {character!r}")
     else:
         base = bank.character(character) if character in bank else Character.from_dict({"id": character})
-        images = sorted(p for p in refs.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        images = image_files(refs)
     if not images:
         raise BankError(f"{refs} holds no reference images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     old = bank.entry(character) if character in bank else None

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BankError
+from ..images import image_files
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _KEYS = {"id", "names", "aliases", "keywords", "keyword_k", "holder", "authorized_accounts",
          "thresholds", "strict_aliases", "benign"}
@@ -128,5 +128,5 @@ def read_character_dir(folder: Path) -> tuple[Character, list[Path]]:
         raise BankError(f"{toml_path}: not valid TOML: {exc}") from None
     data.setdefault("id", folder.name)
     char = Character.from_dict(data, str(toml_path))
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(folder)
     return char, images

@@ -16,10 +16,10 @@ from typing import Sequence
 
 from .. import __version__
 from ..bank import Bank, add_characters, build_bank
-from ..bank.character import IMAGE_SUFFIXES
 from ..encoders import load_encoder
 from ..errors import ConfigError, GuardError
 from ..facade import Guard
+from ..images import image_files
 from ..scan import find_model_files, rescan, scan_files
 from ..verdict import Action, Surface
 from . import output
@@ -289,11 +289,9 @@ def cmd_scan(args) -> int:
 
 
 def _takedowns(args):
-    if not args.state:
-        raise ConfigError("the takedown list lives in a state folder: pass --state DIR or set GUARD_STATE")
     from ..state import TakedownList
 
-    return TakedownList(args.state)
+    return TakedownList(_state(args, "the takedown list"))
 
 
 def cmd_takedown_add(args) -> int:
@@ -368,9 +366,9 @@ def cmd_rescan(args) -> int:
     return output.exit_code(verdicts)
 
 
-def _state(args) -> str:
+def _state(args, what: str = "the audit log") -> str:
     if not args.state:
-        raise ConfigError("the audit log lives in a state folder: pass --state DIR or set GUARD_STATE")
+        raise ConfigError(f"{what} lives in a state folder: pass --state DIR or set GUARD_STATE")
     return args.state
 
 
@@ -440,7 +438,7 @@ def _expand_images(paths: Sequence[str]) -> list[str]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += [str(p) for p in image_files(path, recursive=True)]
         else:
             found.append(raw)
     return found

@@ -55,11 +55,10 @@ class _Settings:
     early_abort_every: int | None
     preview_size: int
     placeholder: Image.Image | None
-    latent_output: str
 
 
 def protect(pipe, guard: Guard, *, account: str | None = None, early_abort_every: int | None = None,
-            preview_size: int = 128, placeholder: Image.Image | None = None, latent_output: str = "refuse"):
+            preview_size: int = 128, placeholder: Image.Image | None = None):
     """Instrument ``pipe`` in place and return it.
 
     Args:
@@ -70,13 +69,13 @@ def protect(pipe, guard: Guard, *, account: str | None = None, early_abort_every
             latents and check it; a block stops denoising and raises `GuardBlocked`.
         preview_size: preview edge in pixels (the VAE decodes at this size only).
         placeholder: image that replaces blocked outputs (default: black).
-        latent_output: ``"refuse"`` (outputs cannot be checked: block) or ``"pass"``.
+
+    Latent output (which cannot be checked) is refused or passed as the policy's
+    ``[generation] latent_output`` says.
     """
-    if latent_output not in ("refuse", "pass"):
-        raise ValueError(f"latent_output={latent_output!r}: use 'refuse' or 'pass'")
     if early_abort_every is not None and early_abort_every < 1:
         raise ValueError(f"early_abort_every={early_abort_every!r} must be a positive number of steps")
-    settings = _Settings(guard, account, early_abort_every, preview_size, placeholder, latent_output)
+    settings = _Settings(guard, account, early_abort_every, preview_size, placeholder)
     if not getattr(type(pipe), "_guard_protected", False):
         base = type(pipe)
         pipe.__class__ = type(base.__name__, (base,), {
@@ -181,7 +180,7 @@ def _call(self, *args, guard_account: str | None = None, **kwargs):
     output_type = kwargs.get("output_type", "pil")
     images = output.images if hasattr(output, "images") else output[0]
     if output_type == "latent":
-        if settings.latent_output == "refuse":
+        if guard.policy.section("generation").get("latent_output", "refuse") == "refuse":
             raise GuardBlocked([format_finding("latents", Surface.GENERATED_IMAGE,
                                                "latent output cannot be checked (policy: refuse)")],
                                "latent output")
