@@ -4,8 +4,9 @@
    with ``metadata_only=True`` — header parse, format identification, metadata audit,
    verdict. Goal: >= 5,000 files/s.
 2. Full scan (SHA-256 + tensor SHA-256 + AutoV1 + LoRA fingerprint + metadata audit)
-   throughput divided by the throughput of one plain ``hashlib.sha256`` pass over the same
-   files, measured in the same run. Goal: >= 0.8. Printed again with BLAKE3 added.
+   throughput divided by the throughput of one plain SHA-256 pass over the same files
+   (``hashlib.file_digest``), measured in the same run, best of three passes each. Goal:
+   >= 0.8. Printed again with BLAKE3 added.
 
 The full-scan files are shaped like real kohya SD1.5 LoRAs (264 layers, rank 32: ~72 MB).
 
@@ -119,18 +120,18 @@ def main() -> None:
         header_rate_workers = len(small) / (time.perf_counter() - start)
 
         def plain_sha(path: Path) -> str:
-            h = hashlib.sha256()
+            # hashlib's own file hashing (readinto one reused buffer): steadier, and a little
+            # faster, than hashing fresh 8 MiB reads, whose cost swings with the allocator.
             with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(8 * 1024 * 1024), b""):
-                    h.update(block)
-            return h.hexdigest()
+                return hashlib.file_digest(fh, "sha256").hexdigest()
 
         no_b3 = Guard(guard.bank, Policy.from_dict({"model": {"blake3": False}}))
         rate(plain_sha, large[:2])
         guard.check_model_file(large[0])
-        sha_rate = rate(plain_sha, large)
-        full_rate = rate(guard.check_model_file, large)
-        full_rate_no_b3 = rate(no_b3.check_model_file, large)
+        # Interleaved passes, best of three each: this machine's timings drift from pass to pass.
+        passes = [(rate(plain_sha, large), rate(no_b3.check_model_file, large), rate(guard.check_model_file, large))
+                  for _ in range(3)]
+        sha_rate, full_rate_no_b3, full_rate = (max(column) for column in zip(*passes))
         verdict = guard.check_model_file(large[0])
 
     mb = total_bytes / len(large) / 1e6

@@ -58,6 +58,32 @@ def test_autov1_on_a_file_over_one_mebibyte(guard, tmp_path):
     assert v.facts["autov1"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["read-ahead into memory", "header first, ring buffers"])
+@pytest.mark.parametrize("fmt", ["kohya-lora", "checkpoint"])
+def test_hashes_agree_with_hashlib_on_both_read_paths(tmp_path, monkeypatch, in_memory, fmt):
+    # Tiny blocks: many hand-overs, so the ring's buffers are reused while both threads hash.
+    from guard.extract import hashes, model_file
+
+    monkeypatch.setattr(hashes, "BLOCK", 4096)
+    monkeypatch.setattr(hashes, "FIRST_BLOCK", 512)
+    if not in_memory:
+        monkeypatch.setattr(model_file, "_KEEP_SCRATCH", 0)
+    tensors = mf.kohya_tensors(mf.lora_weights(3)) if fmt == "kohya-lora" else \
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.randn(64, 300)}
+    path = mf.write(tmp_path / "m.safetensors", tensors)
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    report = inspect_model(path)
+    assert report.format == fmt and not report.problems
+    assert report.hashes.sha256 == hashlib.sha256(data).hexdigest()
+    assert report.hashes.tensor_sha256 == hashlib.sha256(data[8 + n:]).hexdigest()
+    assert report.hashes.size == len(data)
+    assert (report.fingerprint is not None) == (fmt == "kohya-lora")
+    if report.fingerprint is not None:
+        monkeypatch.undo()
+        assert report.fingerprint.similarity(inspect_model(path).fingerprint) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("fmt", ["lycoris-loha", "lycoris-lokr", "lycoris-full", "dora", "textual-inversion",
                                  "checkpoint"])
 def test_formats_are_identified(guard, tmp_path, fmt):

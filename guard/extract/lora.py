@@ -10,6 +10,9 @@ length, so re-scaling alpha, rank or the whole file changes nothing, and fp16/bf
 small noise change it little. Metadata never enters it.
 
 DoRA's magnitude vector is not part of the fingerprint (its direction update is).
+
+The arithmetic is numpy on one thread: the fingerprint runs while another thread is still
+hashing the file, and a multi-threaded BLAS/OpenMP pool would fight that thread for the cores.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 
 K = 8  # sketch side: K*K numbers per layer
-SAMPLE = 128  # rows and columns of ΔW a sketch looks at (a window placed by the layer shape)
+SAMPLE = 64  # rows and columns of ΔW a sketch looks at (a window placed by the layer shape)
 _PREFIXES = [  # naming family prefix -> canonical prefix
     ("lora_unet_", "unet_"), ("lora_te1_", "text_encoder_"), ("lora_te2_", "text_encoder_2_"),
     ("lora_te_", "text_encoder_"), ("base_model.model.", "unet."), ("unet.", "unet."),
@@ -65,18 +70,34 @@ def group_layers(keys) -> dict[str, dict[str, str]]:
     """Canonical layer -> {part: tensor key} for every LoRA-family key."""
     layers: dict[str, dict[str, str]] = {}
     for key in keys:
-        split = split_key(key)
-        if split:
-            layers.setdefault(canonical_layer(split[0]), {})[split[1]] = key
+        found = layer_part(key)
+        if found:
+            layers.setdefault(found[0], {})[found[1]] = key
     return layers
 
 
-def delta_sketch(name: str, parts: Mapping[str, torch.Tensor]) -> np.ndarray | None:
+def layer_part(key: str) -> tuple[str, str] | None:
+    """``(canonical layer, part)`` for a LoRA-family tensor key, else ``None``.
+
+    Cached for ordinary keys: a catalog's files share a few thousand key names.
+    """
+    return _layer_part_cached(key) if len(key) <= 256 else _layer_part(key)
+
+
+def _layer_part(key: str) -> tuple[str, str] | None:
+    split = split_key(key)
+    return (canonical_layer(split[0]), split[1]) if split else None
+
+
+_layer_part_cached = functools.lru_cache(maxsize=1 << 16)(_layer_part)
+
+
+def delta_sketch(name: str, parts: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """The unit-length K*K sketch of a layer's ΔW, or ``None`` when the parts do not form one.
 
     Alpha and rank only scale ΔW, so they drop out with the normalisation.
     """
-    p = {k: v.float() for k, v in parts.items()}
+    p = {k: np.asarray(v, dtype=np.float32) for k, v in parts.items()}
     if "up" in p and "down" in p:
         up, down = p["up"].reshape(p["up"].shape[0], -1), p["down"].reshape(p["down"].shape[0], -1)
         if up.shape[1] != down.shape[0]:
@@ -89,26 +110,28 @@ def delta_sketch(name: str, parts: Mapping[str, torch.Tensor]) -> np.ndarray | N
             return None
         (r0, r_out), (c0, r_in) = _windows(delta.shape[0], delta.shape[1])
         sketch = r_out.T @ delta[r0:r0 + len(r_out), c0:c0 + len(r_in)] @ r_in
-    norm = torch.linalg.vector_norm(sketch)
-    if not torch.isfinite(norm):  # NaN and Inf in the weights always reach the sketch
+    with np.errstate(all="ignore"):
+        norm = float(np.linalg.norm(sketch))
+    if not math.isfinite(norm):  # NaN and Inf in the weights always reach the sketch
         raise ValueError(f"layer {name}: tensor with NaN or infinite values")
     if norm == 0:
         return None
-    return (sketch / norm).reshape(-1).numpy().astype(np.float32)
+    return (sketch / norm).reshape(-1).astype(np.float32)
 
 
-def _dense_delta(p: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+def _dense_delta(p: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    def flat(a: np.ndarray) -> np.ndarray:
+        return a.reshape(a.shape[0], -1)
+
     if all(k in p for k in ("w1a", "w1b", "w2a", "w2b")):  # LoHa
-        w1 = p["w1a"].reshape(p["w1a"].shape[0], -1) @ p["w1b"].reshape(p["w1b"].shape[0], -1)
-        w2 = p["w2a"].reshape(p["w2a"].shape[0], -1) @ p["w2b"].reshape(p["w2b"].shape[0], -1)
+        w1, w2 = flat(p["w1a"]) @ flat(p["w1b"]), flat(p["w2a"]) @ flat(p["w2b"])
         return w1 * w2 if w1.shape == w2.shape else None
-    k1 = p.get("k1") if "k1" in p else (p["k1a"] @ p["k1b"] if "k1a" in p and "k1b" in p else None)
-    k2 = p.get("k2") if "k2" in p else (p["k2a"] @ p["k2b"].reshape(p["k2b"].shape[0], -1)
-                                        if "k2a" in p and "k2b" in p else None)
+    k1 = p.get("k1") if "k1" in p else (flat(p["k1a"]) @ flat(p["k1b"]) if "k1a" in p and "k1b" in p else None)
+    k2 = p.get("k2") if "k2" in p else (flat(p["k2a"]) @ flat(p["k2b"]) if "k2a" in p and "k2b" in p else None)
     if k1 is not None and k2 is not None:  # LoKr
-        return torch.kron(k1.reshape(k1.shape[0], -1), k2.reshape(k2.shape[0], -1))
+        return np.kron(flat(k1), flat(k2))
     if "diff" in p:
-        return p["diff"].reshape(p["diff"].shape[0], -1)
+        return flat(p["diff"])
     return None
 
 
@@ -122,11 +145,12 @@ def _windows(rows: int, cols: int):
     Seeded by shape alone (layers are compared by name anyway), so they can be cached.
     """
     seed = int.from_bytes(hashlib.sha256(f"guard-lora-sketch:{rows}:{cols}".encode()).digest()[:8], "little")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # torch's generator: the stored fingerprints depend on it
     n_rows, n_cols = min(rows, SAMPLE), min(cols, SAMPLE)
     r0 = int(torch.randint(0, rows - n_rows + 1, (1,), generator=g))
     c0 = int(torch.randint(0, cols - n_cols + 1, (1,), generator=g))
-    return (r0, torch.randn(n_rows, K, generator=g)), (c0, torch.randn(n_cols, K, generator=g))
+    r_out, r_in = torch.randn(n_rows, K, generator=g).numpy(), torch.randn(n_cols, K, generator=g).numpy()
+    return (r0, r_out), (c0, r_in)
 
 
 @dataclass(frozen=True)
@@ -157,8 +181,8 @@ class Fingerprint:
         return cls({name: matrix[i].astype(np.float32) for i, name in enumerate(head["layers"])})
 
 
-def fingerprint(layers: Mapping[str, Mapping[str, str]], load: Callable[[str], torch.Tensor]) -> Fingerprint:
-    """Fingerprint from grouped layers; ``load(key)`` returns a tensor by its key."""
+def fingerprint(layers: Mapping[str, Mapping[str, str]], load: Callable[[str], np.ndarray]) -> Fingerprint:
+    """Fingerprint from grouped layers; ``load(key)`` returns a tensor (an array) by its key."""
     sketches: dict[str, np.ndarray] = {}
     for name, parts in layers.items():
         sketch = delta_sketch(name, {part: load(key) for part, key in parts.items() if part not in ("dora", "alpha")})
@@ -167,11 +191,12 @@ def fingerprint(layers: Mapping[str, Mapping[str, str]], load: Callable[[str], t
     return Fingerprint(sketches)
 
 
-_RAW = {"F16": (np.uint16, 2), "BF16": (np.uint16, 2), "F32": (np.uint32, 4)}
+#: The unsigned word type of each float dtype a LoRA uses: tensors are gathered as raw words.
+WORDS = {"F16": np.uint16, "BF16": np.uint16, "F32": np.uint32, "F64": np.uint64}
 
 
 def fingerprint_buffer(layers: Mapping[str, Mapping[str, str]], infos: Mapping, data: memoryview,
-                       data_start: int, load: Callable[[str], torch.Tensor]) -> Fingerprint:
+                       data_start: int, load: Callable[[str], np.ndarray]) -> Fingerprint:
     """The same fingerprint as `fingerprint`, vectorised over a file held in memory.
 
     Low-rank layers of one shape and dtype (a LoRA has hundreds of layers but a handful of
@@ -182,13 +207,13 @@ def fingerprint_buffer(layers: Mapping[str, Mapping[str, str]], infos: Mapping, 
     rest = {}
     for name, parts in layers.items():
         up, down = infos.get(parts.get("up")), infos.get(parts.get("down"))
-        if up is None or down is None or set(parts) - {"up", "down", "alpha", "dora"} or up.dtype != down.dtype \
-                or up.dtype not in _RAW or not up.shape or not down.shape:
+        if up is None or down is None or len(parts.keys() - _LOW_RANK_PARTS) or up.dtype != down.dtype \
+                or up.dtype not in WORDS or not up.shape or not down.shape:
             rest[name] = parts
             continue
-        out, rank = up.shape[0], int(np.prod(up.shape[1:]))
-        rank_down, width = down.shape[0], int(np.prod(down.shape[1:]))
-        size = _RAW[up.dtype][1]
+        out, rank = up.shape[0], math.prod(up.shape[1:])
+        rank_down, width = down.shape[0], math.prod(down.shape[1:])
+        size = np.dtype(WORDS[up.dtype]).itemsize
         a, b = data_start + up.begin, data_start + down.begin
         if rank != rank_down or a % size or b % size or 0 in (out, rank, width):
             rest[name] = parts
@@ -196,32 +221,62 @@ def fingerprint_buffer(layers: Mapping[str, Mapping[str, str]], infos: Mapping, 
         groups.setdefault((up.dtype, out, rank, width), []).append((name, a // size, b // size))
     sketches = dict(fingerprint(rest, load).layers)
     for (dtype, out, rank, width), group in groups.items():
-        raw_type, size = _RAW[dtype]
-        raw = np.frombuffer(data, dtype=raw_type, count=len(data) // size)
+        word = np.dtype(WORDS[dtype])
+        raw = np.frombuffer(data, dtype=word, count=len(data) // word.itemsize)
         (r0, r_out), (c0, r_in) = _windows(out, width)
         n_out, n_in = r_out.shape[0], r_in.shape[0]
-        # Views into the buffer, stacked once: only the sampled windows are copied.
-        ups = np.stack([raw[u + r0 * rank:u + (r0 + n_out) * rank] for _, u, _ in group])
-        downs = np.stack([raw[d:d + rank * width].reshape(rank, width)[:, c0:c0 + n_in] for _, _, d in group])
-        ups = _as_float(ups, dtype).reshape(len(group), n_out, rank)
-        downs = _as_float(downs, dtype)
-        batch = (r_out.T @ ups) @ (downs @ r_in)  # [L, K, K]
-        flat = batch.reshape(len(group), -1)
-        norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-        finite = torch.isfinite(norms).reshape(-1)
+        # Only the sampled windows are copied: stacked from views into the buffer, then cast
+        # to float32 in one go, both into reused per-thread memory (no page faults).
+        n, a, b = len(group), n_out * rank, rank * n_in
+        words, floats = _workspace(n * (a + b), word)
+        np.stack([raw[u + r0 * rank:u + (r0 + n_out) * rank] for _, u, _ in group], out=words[:n * a].reshape(n, a))
+        np.stack([raw[d:d + rank * width].reshape(rank, width)[:, c0:c0 + n_in] for _, _, d in group],
+                 out=words[n * a:].reshape(n, rank, n_in))
+        floats = as_float32(words, dtype, out=floats)
+        ups, downs = floats[:n * a].reshape(n, n_out, rank), floats[n * a:].reshape(n, rank, n_in)
+        with np.errstate(all="ignore"):  # NaN/Inf weights are reported below
+            flat = ((r_out.T @ ups) @ (downs @ r_in)).reshape(n, -1)  # [L, K*K]
+            norms = np.linalg.norm(flat, axis=1)
+        finite = np.isfinite(norms)
         if not finite.all():  # NaN and Inf in the weights always reach the sketch
-            bad = group[int((~finite).nonzero()[0])][0]
-            raise ValueError(f"layer {bad}: tensor with NaN or infinite values")
-        unit = (flat / norms.clamp_min(1e-30)).numpy()
+            raise ValueError(f"layer {group[int(np.argmin(finite))][0]}: tensor with NaN or infinite values")
+        unit = flat / np.maximum(norms, 1e-30)[:, None]
         for i, (name, _, _) in enumerate(group):
-            if float(norms[i]) > 0:
-                sketches[name] = unit[i].astype(np.float32)
+            if norms[i] > 0:
+                sketches[name] = unit[i]
     return Fingerprint(sketches)
 
 
-def _as_float(raw: np.ndarray, dtype: str) -> torch.Tensor:
-    if dtype == "F16":
-        return torch.from_numpy(raw.view(np.float16)).float()
-    if dtype == "BF16":
-        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).float()
-    return torch.from_numpy(raw.view(np.float32)).clone()
+_LOW_RANK_PARTS = {"up", "down", "alpha", "dora"}
+
+
+def as_float32(words: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Raw tensor words (see `WORDS`) of a float dtype as float32 (into ``out`` when given).
+
+    Half-precision words are cast by torch (SIMD, ~9x numpy's cast) in slices below its
+    parallel grain, so the cast stays on this thread instead of waking an OpenMP pool.
+    """
+    if dtype in ("F32", "F64"):
+        cast = words.view(np.float32 if dtype == "F32" else np.float64)
+        if out is None:
+            return cast.astype(np.float32)
+        np.copyto(out.reshape(cast.shape), cast, casting="same_kind")
+        return out.reshape(cast.shape)
+    half = torch.from_numpy(np.ascontiguousarray(words).view(np.int16).reshape(-1))
+    half = half.view(torch.float16 if dtype == "F16" else torch.bfloat16)
+    target = torch.from_numpy(out.reshape(-1)) if out is not None else torch.empty(half.shape, dtype=torch.float32)
+    for start in range(0, len(half), _CAST_SLICE):
+        target[start:start + _CAST_SLICE].copy_(half[start:start + _CAST_SLICE])
+    return target.numpy().reshape(words.shape)
+
+
+_CAST_SLICE = 16384  # elements; torch parallelises element-wise work from 32768 (at::internal::GRAIN_SIZE)
+_local = threading.local()
+
+
+def _workspace(count: int, word: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` raw words and ``count`` float32s of per-thread memory, reused between calls."""
+    have = getattr(_local, "workspace", None)
+    if have is None or len(have[1]) < count:
+        have = _local.workspace = (np.empty(count * 8, dtype=np.uint8), np.empty(count, dtype=np.float32))
+    return have[0][:count * word.itemsize].view(word), have[1][:count]

@@ -11,15 +11,15 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
 
-from .hashes import FileHashes, hash_buffer, hash_file
-from .lora import Fingerprint, fingerprint_buffer, group_layers, split_key
+from .hashes import PREADV, FileHashes, HashJob, hash_buffer
+from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers, layer_part
 from .pickle_scan import PickleReport, scan_file
-from .safetensors_header import MalformedModel, SafetensorsHeader, open_regular, read_header
+from .safetensors_header import (MalformedModel, SafetensorsHeader, declared_length, open_regular, parse_header,
+                                 read_header)
 
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
@@ -27,7 +27,6 @@ MODEL_SUFFIXES = SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
 #: Files up to this size are fingerprinted (LoRAs); larger ones are Checkpoints.
 MAX_FINGERPRINT_BYTES = 2 * 1024 ** 3
 MAX_PICKLE_BYTES = 8 * 1024 ** 3
-_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
 @dataclass
@@ -73,7 +72,7 @@ def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fin
                 report.problems.append("a pickle-based file named like a safetensors file")
             _inspect_pickle(report, fh, size, metadata_only, blake3)
         else:
-            _inspect_safetensors(report, fh, size, metadata_only, want_fingerprint, blake3)
+            _inspect_safetensors(report, fh, size, head, metadata_only, want_fingerprint, blake3)
     return report
 
 
@@ -87,31 +86,68 @@ def _plausible_safetensors(head: bytes) -> bool:
     return len(head) == 8 and int.from_bytes(head, "little") <= 100 * 1024 * 1024
 
 
-def _inspect_safetensors(report: ModelReport, fh, size: int, metadata_only: bool, want_fp: bool,
+def _inspect_safetensors(report: ModelReport, fh, size: int, head: bytes, metadata_only: bool, want_fp: bool,
                          blake3: bool) -> None:
     report.container = "safetensors"
+    if metadata_only or size > _KEEP_SCRATCH or not PREADV:
+        # The header first; then, unless it is bad or all that is wanted, the hashes.
+        parsed = _parse_header(report, lambda: read_header(fh, size))
+        if parsed is None or metadata_only:
+            return
+        data = _scratch(size) if _wants_fingerprint(report, want_fp, size) else None
+        job = HashJob(fh, parsed[0].data_start, blake3, into=data)
+        report.hashes = job.finish(None if data is None else lambda: _fingerprint(report, *parsed, data))
+    else:
+        # A file of ordinary size (every common LoRA) is read once, into memory, and hashed; its
+        # header is parsed from those bytes and the fingerprint taken while the second hash
+        # finishes, so neither adds wall time on two cores.
+        data = _scratch(size)
+        try:
+            n = declared_length(head, size)
+        except MalformedModel as exc:
+            report.problems.append(exc.reason)
+            return
+        data[:8] = head
+        job = HashJob(fh, 8 + n, blake3, into=data, have=8)
+        parsed = []
+
+        def meanwhile() -> None:
+            parsed.append(_parse_header(report, lambda: parse_header(bytes(data[8:8 + n]), size)))
+            if parsed[0] is not None and _wants_fingerprint(report, want_fp, size):
+                _fingerprint(report, *parsed[0], data)
+
+        report.hashes = job.finish(meanwhile)
+        if parsed == [None]:  # a bad header: the hashes of a file that is not one are no use
+            report.hashes = None
+            return
+    if report.hashes.size != size:
+        report.fingerprint = None
+        report.problems.append(f"file changed while being read ({report.hashes.size} of {size} bytes)")
+
+
+def _parse_header(report: ModelReport, parse: Callable[[], SafetensorsHeader]) \
+        -> tuple[SafetensorsHeader, dict] | None:
+    """The header and its LoRA layers, with what they say put in the report; None if bad."""
     try:
-        header = read_header(fh, size)
+        header = parse()
     except MalformedModel as exc:
         report.problems.append(exc.reason)
-        return
+        return None
+    layers = group_layers(header.tensors)
     report.metadata = dict(header.metadata)
     report.tensors = len(header.tensors)
-    report.format, report.base_model = identify(header)
-    if metadata_only:
-        return
+    report.format, report.base_model = identify(header, layers)
+    return header, layers
+
+
+def _wants_fingerprint(report: ModelReport, want_fp: bool, size: int) -> bool:
     lora_like = report.format.startswith(("kohya", "peft", "lycoris", "dora"))
-    if not (want_fp and lora_like and size <= MAX_FINGERPRINT_BYTES):
-        report.hashes = hash_file(fh, header.data_start, blake3)
-        return
-    # A LoRA: read once into memory while hashing; the fingerprint then uses the same bytes.
-    data = _scratch(size)
-    report.hashes = hash_file(fh, header.data_start, blake3, into=data)
-    if report.hashes.size != size:
-        report.problems.append(f"file changed while being read ({report.hashes.size} of {size} bytes)")
-        return
+    return want_fp and lora_like and size <= MAX_FINGERPRINT_BYTES
+
+
+def _fingerprint(report: ModelReport, header: SafetensorsHeader, layers: dict, data: memoryview) -> None:
     try:
-        report.fingerprint = _fingerprint_from(header, data)
+        report.fingerprint = _fingerprint_from(header, layers, data)
     except ValueError as exc:
         report.problems.append(str(exc))
 
@@ -130,17 +166,16 @@ def _scratch(size: int) -> memoryview:
     return memoryview(buf)[:size]
 
 
-def _fingerprint_from(header: SafetensorsHeader, data: memoryview) -> Fingerprint:
-    def load(key: str) -> torch.Tensor:
+def _fingerprint_from(header: SafetensorsHeader, layers: Mapping[str, Mapping[str, str]],
+                      data: memoryview) -> Fingerprint:
+    def load(key: str) -> np.ndarray:
         info = header.tensors[key]
-        if info.dtype not in _TORCH_DTYPES:
+        if info.dtype not in WORDS:
             raise ValueError(f"tensor {key!r} has dtype {info.dtype}, not a float type a LoRA uses")
-        raw = data[header.data_start + info.begin:header.data_start + info.end]
-        if not raw:
-            return torch.zeros(info.shape, dtype=_TORCH_DTYPES[info.dtype])
-        return torch.frombuffer(raw, dtype=_TORCH_DTYPES[info.dtype]).reshape(info.shape)
+        words = np.frombuffer(data[header.data_start + info.begin:header.data_start + info.end], dtype=WORDS[info.dtype])
+        return as_float32(words, info.dtype).reshape(info.shape)
 
-    return fingerprint_buffer(group_layers(header.tensors), header.tensors, data, header.data_start, load)
+    return fingerprint_buffer(layers, header.tensors, data, header.data_start, load)
 
 
 def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool, blake3: bool) -> None:
@@ -158,22 +193,17 @@ def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool, bla
 
 
 # Identification --------------------------------------------------------------------------------
-def identify(header: SafetensorsHeader) -> tuple[str, str | None]:
-    """(format, base-model family) from key names, shapes and training metadata."""
+def identify(header: SafetensorsHeader, layers: Mapping[str, Mapping[str, str]] | None = None) \
+        -> tuple[str, str | None]:
+    """(format, base-model family) from key names, shapes and training metadata.
+
+    ``layers``: `group_layers` of the header's tensors, when the caller has it already.
+    """
     tensors = header.tensors
-    parts: set[str] = set()
-    lora_keys = 0
-    conv = peft = False
-    for key, info in tensors.items():
-        split = split_key(key)
-        if split is None:
-            continue
-        lora_keys += 1
-        part = split[1]
-        parts.add(part)
-        if part == "down":
-            peft = peft or ".lora_A" in key
-            conv = conv or (len(info.shape) == 4 and info.shape[2] > 1)
+    layers = group_layers(tensors) if layers is None else layers
+    lora_keys = sum(1 for key in tensors if layer_part(key))
+    parts: set[str] = set().union(*layers.values())
+    downs = [p["down"] for p in layers.values() if "down" in p]
     if lora_keys and lora_keys >= len(tensors) / 2:
         if {"w1a", "w2a"} & parts:
             fmt = "lycoris-loha"
@@ -183,10 +213,12 @@ def identify(header: SafetensorsHeader) -> tuple[str, str | None]:
             fmt = "lycoris-full"
         elif "dora" in parts:
             fmt = "dora"
-        elif peft:
+        elif any(".lora_A" in key for key in downs):
             fmt = "peft-lora"
+        elif any(len(shape := tensors[key].shape) == 4 and shape[2] > 1 for key in downs):
+            fmt = "kohya-locon"
         else:
-            fmt = "kohya-locon" if conv else "kohya-lora"
+            fmt = "kohya-lora"
     elif "emb_params" in tensors or "clip_l" in tensors or "clip_g" in tensors \
             or any(k.startswith("string_to_param") for k in tensors):
         fmt = "textual-inversion"

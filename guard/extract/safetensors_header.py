@@ -13,6 +13,8 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Mapping, NamedTuple
 
+import orjson
+
 MAX_HEADER = 100 * 1024 * 1024
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
@@ -56,7 +58,9 @@ def open_regular(path: str | os.PathLike) -> tuple[BinaryIO, int]:
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (device, FIFO or socket)"
         raise MalformedModel(f"{os.fspath(path)} is {kind}")
     try:
-        return open(path, "rb"), st.st_size
+        # Unbuffered: every read is the size asked for, so no byte past the header is read
+        # twice (a buffered peek at the first 8 bytes would read 4 KiB).
+        return open(path, "rb", buffering=0), st.st_size
     except OSError as exc:
         raise MalformedModel(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
 
@@ -66,28 +70,31 @@ def read_header(fh: BinaryIO, file_size: int) -> SafetensorsHeader:
     if file_size < 8:
         raise MalformedModel(f"file is {file_size} bytes; a safetensors file starts with an 8-byte header length")
     fh.seek(0)
-    n = int.from_bytes(fh.read(8), "little")
+    n = declared_length(fh.read(8), file_size)
+    raw = fh.read(n)
+    if len(raw) != n:
+        raise MalformedModel(f"file ended after {len(raw)} of {n} header bytes")
+    return parse_header(raw, file_size)
+
+
+def declared_length(head: bytes, file_size: int) -> int:
+    """The header length N the first 8 bytes declare, if the file can hold it."""
+    if len(head) < 8:
+        raise MalformedModel(f"file is {file_size} bytes; a safetensors file starts with an 8-byte header length")
+    n = int.from_bytes(head[:8], "little")
     if n > MAX_HEADER:
         raise MalformedModel(f"header length {n} is over the {MAX_HEADER}-byte limit")
     if 8 + n > file_size:
         raise MalformedModel(f"header length {n} runs past the end of the {file_size}-byte file")
     if n < 2:
         raise MalformedModel(f"header length {n} cannot hold a JSON object")
-    raw = fh.read(n)
-    if len(raw) != n:
-        raise MalformedModel(f"file ended after {len(raw)} of {n} header bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise MalformedModel(f"header is not UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _Duplicate as exc:
-        raise MalformedModel(f"header has the key {exc.args[0]!r} twice") from None
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise MalformedModel(f"header is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedModel("header JSON is nested too deeply") from None
+    return n
+
+
+def parse_header(raw: bytes, file_size: int) -> SafetensorsHeader:
+    """Validate the N header bytes (after the 8-byte length) of a ``file_size``-byte file."""
+    n = len(raw)
+    data = _parse_json(raw)
     if not isinstance(data, dict):
         raise MalformedModel(f"header is a JSON {type(data).__name__}, not an object")
     metadata = data.pop("__metadata__", {})
@@ -99,6 +106,34 @@ def read_header(fh: BinaryIO, file_size: int) -> SafetensorsHeader:
     tensors = {name: _tensor(name, entry) for name, entry in data.items()}
     _check_layout(tensors, file_size - 8 - n)
     return SafetensorsHeader(metadata, tensors, n, file_size)
+
+
+def _parse_json(raw: bytes):
+    """The header's JSON value, refusing duplicate keys, NaN/Infinity and bad UTF-8.
+
+    The fast way: orjson, accepted only when writing the result back gives exactly the bytes
+    read (safetensors writers emit compact JSON, padded with spaces). A dropped duplicate key
+    would make the output shorter, so equality proves there was none. Anything else (spaces,
+    floats, odd escapes, errors) goes to the strict parser, which also words the reason.
+    """
+    try:
+        data = orjson.loads(raw)
+        if orjson.dumps(data) == raw.rstrip(b" "):
+            return data
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedModel(f"header is not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _Duplicate as exc:
+        raise MalformedModel(f"header has the key {exc.args[0]!r} twice") from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise MalformedModel(f"header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedModel("header JSON is nested too deeply") from None
 
 
 def _tensor(name: str, entry) -> TensorInfo:
