@@ -116,7 +116,7 @@ def main() -> None:
         bank_path = root / "embeddings" / "demo-bank.safetensors"
         start = time.perf_counter()
         list(scan_files([str(p) for p in small], {"bank": bank_path}, workers=os.cpu_count() or 1,
-                        check={"metadata_only": True}))
+                        check={"metadata_only": True}, guard=guard))
         header_rate_workers = len(small) / (time.perf_counter() - start)
 
         def plain_sha(path: Path) -> str:

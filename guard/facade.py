@@ -65,6 +65,7 @@ class Guard:
         self._encoder = encoder
         if encoder is not None:
             bank.require_encoder(encoder.name)
+        self.state = state
         self.takedowns = TakedownList(state) if state is not None else None
         self.audit = AuditLog(state) if state is not None else None
         self.versions = {
@@ -91,6 +92,12 @@ class Guard:
         self._text_index = EmbeddingIndex(temb, towner)
         self._text_rows = [t for c in self._characters for t in bank.entry(c.id).texts]
         self.versions["bank"] = bank.digest
+
+    def reopen_state(self) -> None:
+        """Open new connections to the state folder: a process forked from this one must not
+        use its parent's SQLite connections."""
+        if self.state is not None:
+            self.takedowns, self.audit = TakedownList(self.state), AuditLog(self.state)
 
     @property
     def encoder(self):

@@ -8,7 +8,9 @@ Verdicts come back in input order.
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -47,7 +49,11 @@ def scan_files(files: Sequence[str], guard_args: Mapping[str, Any], workers: int
         guard_args: keyword arguments of `Guard.open` (bank, policy, state) for the workers.
         workers: processes; 1 checks in this process with ``guard`` (or one built from guard_args).
         check: keyword arguments of `Guard.check_model_file` (account, trigger_words, metadata_only).
+        guard: this process's guard. Where processes can be forked, workers inherit it, warm
+            caches included, instead of loading the bank again; each opens its own connections
+            to the state folder.
     """
+    global _worker
     check = dict(check or {})
     if workers <= 1 or len(files) < 2 * workers:
         local = guard or Guard.open(**guard_args)
@@ -55,17 +61,45 @@ def scan_files(files: Sequence[str], guard_args: Mapping[str, Any], workers: int
             yield local.check_model_file(path, **check)
         return
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(dict(guard_args),)) as pool:
-        yield from pool.map(_check_one, files, [check] * len(files), chunksize=chunk)
+    if guard is not None and "fork" in multiprocessing.get_all_start_methods():
+        _worker = guard  # what the forked workers start from
+        pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), initializer=_adopt_worker)
+    else:
+        pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(dict(guard_args),))
+    try:
+        with pool:
+            yield from pool.map(_check_one, files, [check] * len(files), chunksize=chunk)
+    finally:
+        _worker = None
 
 
 def _start_worker(guard_args: dict) -> None:
     global _worker
     _worker = Guard.open(**guard_args)
+    _one_thread()
+
+
+def _adopt_worker() -> None:
+    # Inherited objects are never collected here: a collection would write to every one of
+    # them and copy the parent's memory page by page.
+    gc.freeze()
+    _inherited.append((_worker.takedowns, _worker.audit))  # the parent's connections: never closed here
+    _worker.reopen_state()
+    _one_thread()
+
+
+def _one_thread() -> None:
+    # One worker per core: a worker's own thread pools would only fight the other workers.
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _check_one(path: str, check: dict) -> Verdict:
     return _worker.check_model_file(path, **check)
+
+
+_inherited: list = []
 
 
 def catalog_items(catalog: str | os.PathLike) -> list[tuple[str, str, str]]:

@@ -187,6 +187,25 @@ def test_takedown_stays_down_after_stripping_and_casting(state_guard, lora, tmp_
     assert state_guard.check_model_file(reup).action is Action.ALLOW
 
 
+def test_scan_workers_share_the_state_folder_and_keep_order(state_guard, lora, tmp_path):
+    # Worker processes forked from this guard: each opens its own state connections, finds the
+    # takedown, and appends to one audit chain that still verifies.
+    from guard.scan import scan_files
+
+    state_guard.take_down(lora, "DMCA-2", character="ultraman")
+    files = []
+    for i in range(8):
+        files.append(str(mf.write(tmp_path / f"clean_{i}.safetensors", mf.kohya_tensors(mf.lora_weights(10 + i)))))
+        files.append(str(mf.write(tmp_path / f"reup_{i}.safetensors", mf.peft_tensors(mf.lora_weights(1)))))
+    before = sum(1 for _ in state_guard.audit.rows())
+    verdicts = list(scan_files(files, {}, workers=2, guard=state_guard))
+    assert [v.subject for v in verdicts] == files
+    assert [v.action for v in verdicts] == [Action.ALLOW, Action.BLOCK] * 8
+    assert all(any(f.subject == "takedown:DMCA-2" for f in v.findings) for v in verdicts[1::2])
+    assert sum(1 for _ in state_guard.audit.rows()) == before + len(files)
+    assert state_guard.audit.verify().ok
+
+
 def test_scan_cli(bank_file, lora, tmp_path, capsys):
     catalog = tmp_path / "catalog"
     (catalog / "sub").mkdir(parents=True)

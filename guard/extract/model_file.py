@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .hashes import PREADV, FileHashes, HashJob, hash_buffer
-from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers, layer_part
+from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers
 from .pickle_scan import PickleReport, scan_file
 from .safetensors_header import (MalformedModel, SafetensorsHeader, declared_length, open_regular, parse_header,
                                  read_header)
@@ -201,7 +201,7 @@ def identify(header: SafetensorsHeader, layers: Mapping[str, Mapping[str, str]] 
     """
     tensors = header.tensors
     layers = group_layers(tensors) if layers is None else layers
-    lora_keys = sum(1 for key in tensors if layer_part(key))
+    lora_keys = sum(map(len, layers.values()))  # a key and its twin under another naming count once
     parts: set[str] = set().union(*layers.values())
     downs = [p["down"] for p in layers.values() if "down" in p]
     if lora_keys and lora_keys >= len(tensors) / 2:

@@ -138,10 +138,12 @@ def _parse_json(raw: bytes):
 
 def _tensor(name: str, entry) -> TensorInfo:
     # Checked with plain type tests: this runs once per tensor of every scanned file.
-    if type(entry) is not dict or len(entry) != 3 or "dtype" not in entry or "shape" not in entry \
-            or "data_offsets" not in entry:
+    if type(entry) is not dict or len(entry) != 3:
         raise MalformedModel(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    try:
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    except KeyError:
+        raise MalformedModel(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets") from None
     itemsize = DTYPE_SIZES.get(dtype) if type(dtype) is str else None
     if itemsize is None:
         raise MalformedModel(f"tensor {name!r}: unknown dtype {dtype!r}")
@@ -152,18 +154,20 @@ def _tensor(name: str, entry) -> TensorInfo:
         if type(dim) is not int or dim < 0:  # type() is int also refuses bools
             raise MalformedModel(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
         count *= dim
-    if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int \
-            or type(offsets[1]) is not int or not 0 <= offsets[0] <= offsets[1]:
+    if type(offsets) is not list or len(offsets) != 2:
         raise MalformedModel(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] with begin <= end")
-    if count * itemsize != offsets[1] - offsets[0]:
+    begin, end = offsets
+    if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+        raise MalformedModel(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] with begin <= end")
+    if count * itemsize != end - begin:
         raise MalformedModel(f"tensor {name!r}: {dtype} x {shape} needs {count * itemsize:g} bytes, "
-                             f"data_offsets span {offsets[1] - offsets[0]}")
-    return TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
+                             f"data_offsets span {end - begin}")
+    return TensorInfo(dtype, tuple(shape), begin, end)
 
 
 def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int) -> None:
     position = 0
-    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+    for name, info in sorted(tensors.items(), key=_by_offsets):
         if info.begin != position:
             what = "overlaps the previous tensor" if info.begin < position else "leaves a gap before it"
             raise MalformedModel(f"tensor {name!r}: data starts at {info.begin}, expected {position} ({what})")
@@ -171,6 +175,10 @@ def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int) -> None:
     if position != data_size:
         raise MalformedModel(f"tensors cover {position} bytes of data but the file holds {data_size} "
                              f"({'trailing bytes' if data_size > position else 'data past the end of the file'})")
+
+
+def _by_offsets(item: tuple[str, TensorInfo]) -> tuple[int, int]:
+    return item[1].begin, item[1].end
 
 
 class _Duplicate(Exception):
