@@ -26,6 +26,27 @@ LAYERS = [
 CONV = ("lora_unet_down_blocks_0_resnets_0_conv1", "unet.down_blocks.0.resnets.0.conv1", 32, 32, 3)
 
 
+# kohya's SDXL LoRAs name the original (LDM/SGM) UNet layout; PEFT files name the diffusers one.
+SDXL_LAYERS = [
+    ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+     "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"),
+    ("lora_unet_input_blocks_8_1_transformer_blocks_9_ff_net_0_proj",
+     "unet.down_blocks.2.attentions.1.transformer_blocks.9.ff.net.0.proj"),
+    ("lora_unet_input_blocks_1_0_in_layers_2", "unet.down_blocks.0.resnets.0.conv1"),
+    ("lora_unet_input_blocks_6_0_op", "unet.down_blocks.1.downsamplers.0.conv"),
+    ("lora_unet_middle_block_1_proj_in", "unet.mid_block.attentions.0.proj_in"),
+    ("lora_unet_middle_block_2_emb_layers_1", "unet.mid_block.resnets.1.time_emb_proj"),
+    ("lora_unet_output_blocks_0_1_transformer_blocks_3_attn2_to_k",
+     "unet.up_blocks.0.attentions.0.transformer_blocks.3.attn2.to_k"),
+    ("lora_unet_output_blocks_2_2_conv", "unet.up_blocks.0.upsamplers.0.conv"),
+    ("lora_unet_output_blocks_8_0_skip_connection", "unet.up_blocks.2.resnets.2.conv_shortcut"),
+    ("lora_unet_time_embed_0", "unet.time_embedding.linear_1"),
+    ("lora_unet_label_emb_0_2", "unet.add_embedding.linear_2"),
+    ("lora_te2_text_model_encoder_layers_0_self_attn_q_proj",
+     "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj"),
+]
+
+
 def lora_weights(seed: int, rank: int = 4, conv: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per kohya layer name: (up [out, r], down [r, in] or [r, in, k, k]) — a trained-looking LoRA."""
     g = torch.Generator().manual_seed(seed)

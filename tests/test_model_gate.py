@@ -135,6 +135,24 @@ def test_canonical_names_agree_across_families():
         assert canonical_layer(kohya) == canonical_layer(peft)
     assert canonical_layer("base_model.model.down_blocks.0.attentions.0.proj_in") == \
         canonical_layer("lora_unet_down_blocks_0_attentions_0_proj_in")
+    for kohya, peft in mf.SDXL_LAYERS:
+        assert canonical_layer(kohya) == canonical_layer(peft), kohya
+    # Names that only look like the LDM layout are left alone.
+    assert canonical_layer("lora_unet_input_blocks_4_7_proj_in") == "unet_input_blocks_4_7_proj_in"
+
+
+def test_sdxl_lora_in_kohya_naming_matches_its_diffusers_conversion(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    weights = {names: (torch.randn(40, 4, generator=g), torch.randn(4, 24, generator=g)) for names in mf.SDXL_LAYERS}
+    kohya = {f"{k}.{part}.weight": t.half() for (k, _), (up, down) in weights.items()
+             for part, t in (("lora_up", up), ("lora_down", down))}
+    peft = {f"{p}.{part}.weight": t for (_, p), (up, down) in weights.items()
+            for part, t in (("lora_B", up), ("lora_A", down))}
+    a = inspect_model(mf.write(tmp_path / "kohya_sdxl.safetensors", kohya))
+    b = inspect_model(mf.write(tmp_path / "diffusers_sdxl.safetensors", peft))
+    assert (a.format, b.format) == ("kohya-lora", "peft-lora") and a.base_model == b.base_model == "sdxl"
+    assert len(a.fingerprint.layers) == len(mf.SDXL_LAYERS)
+    assert a.fingerprint.similarity(b.fingerprint) == pytest.approx(1.0, abs=1e-3)
 
 
 def _fp(path):

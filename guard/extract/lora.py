@@ -55,7 +55,49 @@ def canonical_layer(prefix: str) -> str:
             break
     else:
         prefix = "unet." + prefix  # PEFT files of a bare UNet carry no component prefix
-    return prefix.replace(".", "_")
+    name = prefix.replace(".", "_")
+    return _from_ldm(name) if name.startswith(_LDM_PREFIXES) else name
+
+
+# The original (LDM/SGM) UNet layout that kohya's SDXL LoRAs name, mapped onto the diffusers
+# layout that PEFT files name: two resnets (+ attentions) and a downsampler per down block,
+# three resnets (+ attentions) and an upsampler per up block.
+_LDM_PREFIXES = ("unet_input_blocks_", "unet_middle_block_", "unet_output_blocks_", "unet_time_embed_",
+                 "unet_label_emb_", "unet_out_")
+_LDM_BLOCK = re.compile(r"unet_(input|output)_blocks_(\d+)_(\d+)(?:_(.+))?$")
+_LDM_MIDDLE = re.compile(r"unet_middle_block_([012])_(.+)$")
+_LDM_RESNET = {"in_layers_2": "conv1", "emb_layers_1": "time_emb_proj", "out_layers_3": "conv2",
+               "skip_connection": "conv_shortcut"}
+_LDM_OTHER = {"unet_input_blocks_0_0": "unet_conv_in", "unet_time_embed_0": "unet_time_embedding_linear_1",
+              "unet_time_embed_2": "unet_time_embedding_linear_2", "unet_label_emb_0_0": "unet_add_embedding_linear_1",
+              "unet_label_emb_0_2": "unet_add_embedding_linear_2", "unet_out_2": "unet_conv_out"}
+
+
+def _from_ldm(name: str) -> str:
+    if name in _LDM_OTHER:
+        return _LDM_OTHER[name]
+    if m := _LDM_MIDDLE.match(name):
+        part, rest = int(m.group(1)), m.group(2)
+        if part == 1:
+            return f"unet_mid_block_attentions_0_{rest}"
+        return f"unet_mid_block_resnets_{part // 2}_{_LDM_RESNET.get(rest, rest)}"
+    m = _LDM_BLOCK.match(name)
+    if not m or m.group(4) is None:
+        return name
+    side, index, sub, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    if side == "input":
+        block, position = divmod(index - 1, 3)
+        if position == 2:
+            return f"unet_down_blocks_{block}_downsamplers_0_conv" if (sub, rest) == (0, "op") else name
+        where = f"unet_down_blocks_{block}"
+    else:
+        block, position = divmod(index, 3)
+        where = f"unet_up_blocks_{block}"
+        if sub > 0 and rest == "conv":
+            return f"{where}_upsamplers_0_conv"
+    if sub == 0:
+        return f"{where}_resnets_{position}_{_LDM_RESNET.get(rest, rest)}"
+    return f"{where}_attentions_{position}_{rest}" if sub == 1 else name
 
 
 def split_key(key: str) -> tuple[str, str] | None:
