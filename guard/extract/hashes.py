@@ -61,9 +61,10 @@ class HashJob:
     when given, else through a small ring of buffers) and hands each block to the caller's
     thread, then feeds it to the tensor SHA-256, AutoV1 and BLAKE3. `finish` feeds the
     whole-file SHA-256 on the calling thread. Reads and hashes release the GIL, so on two
-    cores the two SHA-256 streams run side by side; with ``into`` the helper reads ahead of
-    its own hashing, so the caller's hash never waits on it, and the caller can parse the
-    header between creating the job and finishing it.
+    cores the two SHA-256 streams run side by side. With ``into`` the helper reads the whole
+    file ahead of its own hashing, so the caller's hash never waits on it, and then hashes it
+    in one call, so it never needs the GIL while the caller's Python work (``meanwhile``)
+    runs.
 
     Args:
         fh: the file, opened in binary mode. Where the OS has ``preadv`` the helper reads by
@@ -74,7 +75,7 @@ class HashJob:
         into: a writable buffer of the file's size to read into, for callers that need the
             bytes afterwards (the LoRA fingerprint).
         have: how many bytes at the start of ``into`` the caller has read already (the
-            header length), so no byte is read twice.
+            8-byte header length), so no byte is read twice; with ``into`` only.
     """
 
     def __init__(self, fh: BinaryIO, data_start: int | None, blake3: bool = True,
@@ -83,7 +84,6 @@ class HashJob:
         self.into = into
         self._blocks: queue.SimpleQueue = queue.SimpleQueue()
         self._freed: queue.SimpleQueue = queue.SimpleQueue()
-        self._stop = threading.Event()
         self._outcome: dict = {}
         if not PREADV:
             fh.seek(0)
@@ -105,20 +105,12 @@ class HashJob:
             raise self._outcome["error"]
         return self.hashes.result(self._outcome["size"])
 
-    def cancel(self) -> None:
-        """Stop early (the file turned out malformed); no hashes then."""
-        self._stop.set()
-        self._freed.put(None)  # a helper waiting for a ring buffer wakes up and sees the stop
-        self._helper.join()
-
     def _read_and_hash(self, fh: BinaryIO, target, have: int) -> None:
         read_ahead = self.into is not None  # whole file in memory: read it all, then hash
         fd = fh.fileno() if PREADV else None
         offset, block_start = have, 0  # a block handed on starts at block_start, reading at offset
         try:
             for count in itertools.count():
-                if self._stop.is_set():
-                    return
                 if read_ahead:
                     # Small first blocks, doubling: the caller's hash starts as soon as possible.
                     view = target[offset:block_start + min(BLOCK, FIRST_BLOCK << count)]
@@ -137,7 +129,7 @@ class HashJob:
                 block_start = offset
             self._outcome["size"] = offset
             self._blocks.put(None)
-            if read_ahead and not self._stop.is_set():
+            if read_ahead:
                 # One call over the whole file: the GIL is not needed again until it is done,
                 # so this thread never waits for it while the caller runs Python.
                 self.hashes.side(0, target[:offset])
