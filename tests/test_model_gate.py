@@ -84,6 +84,18 @@ def test_hashes_agree_with_hashlib_on_both_read_paths(tmp_path, monkeypatch, in_
         assert report.fingerprint.similarity(inspect_model(path).fingerprint) == pytest.approx(1.0)
 
 
+def test_a_file_that_shrinks_while_being_read_is_blocked(guard, lora, monkeypatch):
+    # stat() said more bytes than the reads then find: the file changed under the scan.
+    from guard.extract import model_file
+
+    real = model_file.open_regular
+    monkeypatch.setattr(model_file, "open_regular", lambda path: (lambda fh, size: (fh, size + 4096))(*real(path)))
+    v = guard.check_model_file(lora)
+    reasons = [f.evidence.get("reason", "") for f in v.findings if f.signal is Signal.FORMAT]
+    assert v.action is Action.BLOCK and any("changed while being read" in r for r in reasons), reasons
+    assert "fingerprint_layers" not in v.facts
+
+
 @pytest.mark.parametrize("fmt", ["lycoris-loha", "lycoris-lokr", "lycoris-full", "dora", "textual-inversion",
                                  "checkpoint"])
 def test_formats_are_identified(guard, tmp_path, fmt):
