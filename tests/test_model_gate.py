@@ -191,6 +191,22 @@ def test_fingerprint_survives_cosmetic_changes_and_tells_loras_apart(tmp_path):
     assert max(base.similarity(o) for o in others) < 0.3
 
 
+def test_fingerprints_keep_their_scheme_and_never_compare_across_schemes(lora):
+    from guard.extract.lora import SCHEME, Fingerprint
+
+    fp = _fp(lora)
+    again = Fingerprint.from_bytes(fp.to_bytes())
+    assert again.scheme == SCHEME and fp.similarity(again) == pytest.approx(1.0, abs=1e-3)
+    # Bytes written before schemes were named (no "scheme" in the head) came from another recipe.
+    data = fp.to_bytes()
+    n = int.from_bytes(data[:4], "little")
+    head = json.loads(data[4:4 + n])
+    del head["scheme"]
+    raw = json.dumps(head).encode()
+    old = Fingerprint.from_bytes(len(raw).to_bytes(4, "little") + raw + data[4 + n:])
+    assert old.scheme != SCHEME and fp.similarity(old) == 0.0
+
+
 def test_nan_weights_are_a_format_finding(guard, tmp_path):
     w = mf.lora_weights(8)
     first = next(iter(w))

@@ -31,6 +31,9 @@ import torch
 
 K = 8  # sketch side: K*K numbers per layer
 SAMPLE = 64  # rows and columns of ΔW a sketch looks at (a window placed by the layer shape)
+#: Names the sketch recipe; stored with every fingerprint, so a change of recipe never
+#: compares incomparable sketches (a takedown list then needs the files taken down again).
+SCHEME = f"window{SAMPLE}-k{K}"
 _PREFIXES = [  # naming family prefix -> canonical prefix
     ("lora_unet_", "unet_"), ("lora_te1_", "text_encoder_"), ("lora_te2_", "text_encoder_2_"),
     ("lora_te_", "text_encoder_"), ("base_model.model.", "unet."), ("unet.", "unet."),
@@ -200,10 +203,14 @@ class Fingerprint:
     """Per-layer unit sketches of a LoRA's effective weight updates."""
 
     layers: Mapping[str, np.ndarray]
+    scheme: str = SCHEME
 
     def similarity(self, other: "Fingerprint") -> float:
-        """Mean sketch cosine over shared layers, counting unshared layers as 0: in [0, 1]."""
-        if not self.layers or not other.layers:
+        """Mean sketch cosine over shared layers, counting unshared layers as 0: in [0, 1].
+
+        Sketches of different schemes (window, projections) are not comparable: 0.
+        """
+        if not self.layers or not other.layers or self.scheme != other.scheme:
             return 0.0
         shared = self.layers.keys() & other.layers.keys()
         total = sum(float(np.dot(self.layers[n], other.layers[n])) for n in shared)
@@ -212,7 +219,7 @@ class Fingerprint:
     def to_bytes(self) -> bytes:
         names = sorted(self.layers)
         matrix = np.stack([self.layers[n] for n in names]).astype(np.float16) if names else np.zeros((0, K * K))
-        head = json.dumps({"k": K, "layers": names}).encode()
+        head = json.dumps({"k": K, "scheme": self.scheme, "layers": names}).encode()
         return len(head).to_bytes(4, "little") + head + matrix.astype(np.float16).tobytes()
 
     @classmethod
@@ -220,7 +227,9 @@ class Fingerprint:
         n = int.from_bytes(data[:4], "little")
         head = json.loads(data[4:4 + n])
         matrix = np.frombuffer(data[4 + n:], dtype=np.float16).reshape(len(head["layers"]), head["k"] ** 2)
-        return cls({name: matrix[i].astype(np.float32) for i, name in enumerate(head["layers"])})
+        # Fingerprints stored before schemes were named used 128x128 windows.
+        return cls({name: matrix[i].astype(np.float32) for i, name in enumerate(head["layers"])},
+                   head.get("scheme", "window128-k8"))
 
 
 def fingerprint(layers: Mapping[str, Mapping[str, str]], load: Callable[[str], np.ndarray]) -> Fingerprint:

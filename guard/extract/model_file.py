@@ -172,8 +172,8 @@ def _fingerprint_from(header: SafetensorsHeader, layers: Mapping[str, Mapping[st
         info = header.tensors[key]
         if info.dtype not in WORDS:
             raise ValueError(f"tensor {key!r} has dtype {info.dtype}, not a float type a LoRA uses")
-        words = np.frombuffer(data[header.data_start + info.begin:header.data_start + info.end], dtype=WORDS[info.dtype])
-        return as_float32(words, info.dtype).reshape(info.shape)
+        raw = data[header.data_start + info.begin:header.data_start + info.end]
+        return as_float32(np.frombuffer(raw, dtype=WORDS[info.dtype]), info.dtype).reshape(info.shape)
 
     return fingerprint_buffer(layers, header.tensors, data, header.data_start, load)
 

@@ -58,6 +58,7 @@ class Takedown:
         return {"id": self.id, "notice": self.notice, "character": self.character, "reason": self.reason,
                 "subject": self.subject, "sha256": self.sha256, "tensor_sha256": self.tensor_sha256,
                 "fingerprint_layers": len(self.fingerprint.layers) if self.fingerprint else 0,
+                "fingerprint_scheme": self.fingerprint.scheme if self.fingerprint else None,
                 "pdq": self.pdq.hex() if self.pdq else None, "created": self.created}
 
 
