@@ -84,6 +84,26 @@ def test_hashes_agree_with_hashlib_on_both_read_paths(tmp_path, monkeypatch, in_
         assert report.fingerprint.similarity(inspect_model(path).fingerprint) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("length", [0x280, 0x4B50 + 0x40000 * 8])
+def test_a_header_length_that_looks_like_a_pickle_or_zip_is_still_safetensors(guard, tmp_path, length):
+    # 0x280 is written b"\x80\x02..." (pickle protocol 2's opening); 0x..4B50 starts with "PK".
+    tensors = {"lora_unet_a.lora_down.weight": torch.ones(2, 4), "lora_unet_a.lora_up.weight": torch.ones(4, 2)}
+    base = mf.write(tmp_path / "base.safetensors", tensors).read_bytes()
+    n = int.from_bytes(base[:8], "little")
+    meta_pad = length - n - len(', "__metadata__": {"pad": ""}')
+    raw = json.loads(base[8:8 + n])
+    raw["__metadata__"] = {"pad": "x" * meta_pad}
+    header = json.dumps(raw, separators=(",", ":")).encode()
+    header += b" " * (length - len(header))
+    assert len(header) == length
+    path = tmp_path / "odd_length.safetensors"
+    path.write_bytes(length.to_bytes(8, "little") + header + base[8 + n:])
+    assert path.read_bytes()[:2] in (b"\x80\x02", b"PK")
+    v = guard.check_model_file(path)
+    assert v.facts["container"] == "safetensors" and v.facts["format"] == "kohya-lora", v.findings
+    assert v.action is Action.ALLOW
+
+
 def test_a_file_that_shrinks_while_being_read_is_blocked(guard, lora, monkeypatch):
     # stat() said more bytes than the reads then find: the file changed under the scan.
     from guard.extract import model_file

@@ -75,7 +75,7 @@ class HashJob:
         into: a writable buffer of the file's size to read into, for callers that need the
             bytes afterwards (the LoRA fingerprint).
         have: how many bytes at the start of ``into`` the caller has read already (the
-            8-byte header length), so no byte is read twice; with ``into`` only.
+            header length it peeked at), so no byte is read twice; with ``into`` only.
     """
 
     def __init__(self, fh: BinaryIO, data_start: int | None, blake3: bool = True,

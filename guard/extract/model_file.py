@@ -65,7 +65,7 @@ def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fin
         report.problems.append(exc.reason)
         return report
     with fh:
-        head = fh.read(8)
+        head = fh.read(9)  # the header length and the JSON's opening brace
         fh.seek(0)
         if _looks_pickled(head, Path(path)):
             if Path(path).suffix.lower() in SAFETENSORS_SUFFIXES:
@@ -77,13 +77,17 @@ def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fin
 
 
 def _looks_pickled(head: bytes, path: Path) -> bool:
+    # A safetensors header length can start with 0x80 (and 0x02: "pickle protocol 2") or "PK",
+    # so the brace that opens its JSON is checked first.
+    if _plausible_safetensors(head):
+        return False
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return True
-    return path.suffix.lower() in PICKLE_SUFFIXES and not _plausible_safetensors(head)
+    return path.suffix.lower() in PICKLE_SUFFIXES
 
 
 def _plausible_safetensors(head: bytes) -> bool:
-    return len(head) == 8 and int.from_bytes(head, "little") <= 100 * 1024 * 1024
+    return len(head) == 9 and int.from_bytes(head[:8], "little") <= 100 * 1024 * 1024 and head[8:] == b"{"
 
 
 def _inspect_safetensors(report: ModelReport, fh, size: int, head: bytes, metadata_only: bool, want_fp: bool,
@@ -103,12 +107,12 @@ def _inspect_safetensors(report: ModelReport, fh, size: int, head: bytes, metada
         # finishes, so neither adds wall time on two cores.
         data = _scratch(size)
         try:
-            n = declared_length(head, size)
+            n = declared_length(head[:8], size)
         except MalformedModel as exc:
             report.problems.append(exc.reason)
             return
-        data[:8] = head
-        job = HashJob(fh, 8 + n, blake3, into=data, have=8)
+        data[:len(head)] = head
+        job = HashJob(fh, 8 + n, blake3, into=data, have=len(head))
         parsed = []
 
         def meanwhile() -> None:
