@@ -173,6 +173,15 @@ def test_canonical_names_agree_across_families():
     assert canonical_layer("lora_unet_input_blocks_4_7_proj_in") == "unet_input_blocks_4_7_proj_in"
 
 
+@pytest.mark.parametrize("width, family", [(768, "sd1"), (1024, "sd2"), (2048, "sdxl")])
+def test_base_model_from_the_cross_attention_width_in_either_naming(tmp_path, width, family):
+    # LDM-style names (lora_unet_input_blocks_…) are used for SD1.x files too, not only SDXL.
+    layer = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
+    path = mf.write(tmp_path / "m.safetensors", {f"{layer}.lora_down.weight": torch.ones(4, width),
+                                                  f"{layer}.lora_up.weight": torch.ones(320, 4)})
+    assert inspect_model(path).base_model == family
+
+
 def test_sdxl_lora_in_kohya_naming_matches_its_diffusers_conversion(tmp_path):
     g = torch.Generator().manual_seed(5)
     weights = {names: (torch.randn(40, 4, generator=g), torch.randn(4, 24, generator=g)) for names in mf.SDXL_LAYERS}

@@ -236,11 +236,13 @@ def identify(header: SafetensorsHeader, layers: Mapping[str, Mapping[str, str]] 
 
 _FAMILY_FROM_METADATA = (("flux", "flux"), ("sd3", "sd3"), ("xl", "sdxl"), ("sd_v2", "sd2"),
                          ("stable-diffusion-v2", "sd2"), ("sd_v1", "sd1"), ("stable-diffusion-v1", "sd1"))
-_FAMILY_FROM_KEYS = (("double_blocks", "flux"), ("single_blocks", "flux"), ("single_transformer_blocks", "flux"),
-                     ("joint_blocks", "sd3"), ("lora_te2_", "sdxl"), ("text_encoder_2", "sdxl"),
-                     ("conditioner.embedders.1", "sdxl"), ("lora_unet_input_blocks", "sdxl"), ("clip_g", "sdxl"),
-                     ("cond_stage_model.model.", "sd2"), ("cond_stage_model.transformer.", "sd1"))
+# Flux and SD3 have no UNet cross-attention, so their key names are looked at first.
+_FAMILY_FROM_TRANSFORMER_KEYS = (("double_blocks", "flux"), ("single_blocks", "flux"),
+                                 ("single_transformer_blocks", "flux"), ("joint_blocks", "sd3"))
 _CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_FAMILY_FROM_KEYS = (("lora_te2_", "sdxl"), ("text_encoder_2", "sdxl"), ("conditioner.embedders.1", "sdxl"),
+                     ("lora_unet_input_blocks", "sdxl"), ("clip_g", "sdxl"), ("cond_stage_model.model.", "sd2"),
+                     ("cond_stage_model.transformer.", "sd1"))
 
 
 def _base_model(header: SafetensorsHeader) -> str | None:
@@ -249,10 +251,15 @@ def _base_model(header: SafetensorsHeader) -> str | None:
         if needle in meta:
             return family
     keys = "\n".join(header.tensors)
+    for needle, family in _FAMILY_FROM_TRANSFORMER_KEYS:
+        if needle in keys:
+            return family
+    # The UNet's cross-attention context width names its family whatever the layer naming.
+    for key, info in header.tensors.items():
+        if ("attn2_to_k.lora_down" in key or "attn2.to_k.lora_A" in key) and len(info.shape) == 2:
+            if info.shape[-1] in _CROSS_ATTENTION_WIDTH:
+                return _CROSS_ATTENTION_WIDTH[info.shape[-1]]
     for needle, family in _FAMILY_FROM_KEYS:
         if needle in keys:
             return family
-    for key, info in header.tensors.items():  # the cross-attention context width
-        if ("attn2_to_k.lora_down" in key or "attn2.to_k.lora_A" in key) and info.shape:
-            return _CROSS_ATTENTION_WIDTH.get(info.shape[-1])
     return None
