@@ -60,7 +60,10 @@ def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: 
         "takedown_notices": sorted({t.notice for t in taken_down}),
         "reupload_blocks": reupload_blocks,
         "versions_in_force": list(versions.values()),
-        "audit_log": {"rows": integrity.rows, "chain_intact": integrity.ok, "first_bad_row": integrity.bad_seq},
+        # The head is an anchor: kept with the report, it lets a later `guard audit verify
+        # --anchor` notice rows cut off the end of the log.
+        "audit_log": {"rows": integrity.rows, "chain_intact": integrity.ok, "first_bad_row": integrity.bad_seq,
+                      "head": audit.head()._asdict()},
     }
 
 

@@ -247,6 +247,32 @@ def test_deleting_or_reordering_rows_is_detected(tmp_path):
     assert not AuditLog(tmp_path).verify().ok
 
 
+def test_cutting_off_the_newest_rows_is_caught_by_an_anchor(tmp_path, capsys):
+    log = AuditLog(tmp_path)
+    for i in range(10):
+        log.record(verdict(i))
+    head = log.head()
+    assert head.seq == 10 and log.verify([head]).ok
+    assert main(["audit", "report", "--state", str(tmp_path), "-o", str(tmp_path / "report.json")]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["audit_log"]["head"] == head._asdict()
+    log.close()
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("DELETE FROM audit WHERE seq > 7")
+    assert AuditLog(tmp_path).verify().ok  # a shorter chain is still a valid chain...
+    result = AuditLog(tmp_path).verify([head])  # ...but not the one the anchor saw
+    assert not result.ok and result.bad_seq == 10 and "newest rows were removed" in result.reason
+    capsys.readouterr()
+    assert main(["audit", "verify", "--state", str(tmp_path), "--anchor", str(tmp_path / "report.json")]) == 1
+    assert "row 10" in capsys.readouterr().err
+    # Re-growing the chain to the anchor's length with other rows does not pass either.
+    regrown = AuditLog(tmp_path)
+    for i in range(3):
+        regrown.record(verdict(100 + i))
+    result = regrown.verify([head])
+    assert not result.ok and result.bad_seq == 10 and "anchor recorded" in result.reason
+    assert main(["audit", "verify", "--state", str(tmp_path), "--anchor", str(tmp_path / "nope.json")]) == 2
+
+
 WRITER = """
 import sys
 from guard.state import AuditLog

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="cmd", required=True)
     p = audit.add_parser("verify", parents=[common], help="check the audit log's hash chain")
+    p.add_argument("--anchor", action="append", default=[], metavar="FILE",
+                   help="a duty-of-care report (or a head printed by --json) saved earlier: the rows it "
+                        "recorded must still be there, unchanged (repeatable)")
     p.set_defaults(run=cmd_audit_verify)
     p = audit.add_parser("report", parents=[common], help="duty-of-care summary (JSON, and HTML with --html)")
     p.add_argument("--since", help="ISO date/time (inclusive)")
@@ -375,14 +378,26 @@ def _state(args, what: str = "the audit log") -> str:
 def cmd_audit_verify(args) -> int:
     from ..state import AuditLog
 
-    result = AuditLog(_state(args)).verify()
+    log = AuditLog(_state(args))
+    result = log.verify([_anchor(path) for path in args.anchor])
     if args.json:
-        print(json.dumps(result.__dict__))
+        print(json.dumps({**result.__dict__, "head": log.head()._asdict()}))
     elif result.ok:
         out.print(f"audit log intact: {result.rows} rows, hash chain verified", highlight=False)
     else:
         err.print(f"[red]audit log BROKEN at row {result.bad_seq}: {result.reason}[/]", highlight=False)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _anchor(path: str):
+    from ..state import Anchor
+
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        head = saved.get("audit_log", {}).get("head") or saved.get("head") or saved
+        return Anchor(int(head["seq"]), str(head["row_hash"]))
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--anchor {path}: not a report or head saved by guard ({exc})") from None
 
 
 def cmd_audit_report(args) -> int:

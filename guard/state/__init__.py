@@ -1,6 +1,6 @@
 """State the guard keeps between runs (a folder: takedown list, audit log), in SQLite."""
 
-from .audit import AuditLog, VerifyResult
+from .audit import Anchor, AuditLog, VerifyResult
 from .takedowns import Takedown, TakedownList
 
-__all__ = ["AuditLog", "VerifyResult", "Takedown", "TakedownList"]
+__all__ = ["Anchor", "AuditLog", "VerifyResult", "Takedown", "TakedownList"]

@@ -3,7 +3,9 @@
 One SQLite database (``audit.sqlite`` in the state folder, WAL mode, so a killed writer
 never corrupts it). Each row holds the verdict and the hash of the previous row; its own
 hash covers both. Editing, deleting or reordering any row breaks the chain from that row
-on, and `AuditLog.verify` names the first row that no longer fits. Rows are appended
+on, and `AuditLog.verify` names the first row that no longer fits; cutting off the newest
+rows leaves a valid shorter chain, which only an anchor kept elsewhere (`AuditLog.head`, in
+every duty-of-care report) reveals. Rows are appended
 inside ``BEGIN IMMEDIATE`` transactions, so threads and processes sharing the folder
 extend one chain.
 """
@@ -17,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from ..errors import ConfigError
 from ..verdict import Action, Verdict
@@ -45,6 +47,13 @@ def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
     """SHA-256 over the previous row's hash and this row's fields, canonically encoded."""
     body = json.dumps([row[c] for c in _COLUMNS], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+class Anchor(NamedTuple):
+    """One row of the chain as it was seen: its sequence number and hash."""
+
+    seq: int
+    row_hash: str
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,18 @@ class AuditLog:
         for r in self._db.execute(query + " ORDER BY seq", params):
             yield dict(zip((*_COLUMNS, "prev_hash", "row_hash"), r))
 
-    def verify(self) -> VerifyResult:
-        """Walk the chain from the first row; report the first row that does not fit."""
+    def head(self) -> Anchor:
+        """The newest row's sequence number and hash: kept outside the log (the daily report
+        does), it lets `verify` notice the newest rows being cut off, which no chain can."""
+        last = self._db.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        return Anchor(*last) if last else Anchor(0, GENESIS)
+
+    def verify(self, anchors: Sequence[Anchor] = ()) -> VerifyResult:
+        """Walk the chain from the first row; report the first row that does not fit.
+
+        ``anchors``: heads taken earlier (`head`); each must still be in the chain, unchanged.
+        """
+        wanted = {a.seq: a.row_hash for a in anchors if a.seq > 0}
         prev, expected_seq, count = GENESIS, 1, 0
         for row in self.rows():
             count += 1
@@ -124,7 +143,14 @@ class AuditLog:
                 return VerifyResult(False, count, row["seq"], "its verdict is not JSON")
             if stored.get("action") != row["action"]:
                 return VerifyResult(False, count, row["seq"], "its action column disagrees with its verdict")
+            if wanted.pop(row["seq"], row["row_hash"]) != row["row_hash"]:
+                return VerifyResult(False, count, row["seq"], "it is not the row an anchor recorded "
+                                    "(rows up to it were replaced)")
             prev, expected_seq = row["row_hash"], expected_seq + 1
+        if wanted:
+            seq = min(wanted)
+            return VerifyResult(False, count, seq, f"an anchor recorded row {seq}, but the log ends at row "
+                                                   f"{expected_seq - 1} (its newest rows were removed)")
         return VerifyResult(True, count)
 
     def blocked_since(self, account: str, days: float) -> int:
