@@ -1,9 +1,10 @@
 """Scanning catalogs: model files on several cores, and re-checking a whole catalog.
 
 Header parsing and metadata screening are pure Python, so one process uses one core;
-`scan_files` spreads files over worker processes, each with its own `Guard` built from the
-same bank, policy and state folder (no encoder is loaded: model files do not need one).
-Verdicts come back in input order.
+`scan_files` spreads files over worker processes: forked from the caller's `Guard` where the
+OS can fork (warm caches, no second bank load), else each building its own from the same
+bank, policy and state folder (no encoder is loaded: model files do not need one). Each
+worker has its own connections to the state folder. Verdicts come back in input order.
 """
 
 from __future__ import annotations
