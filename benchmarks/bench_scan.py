@@ -1,8 +1,9 @@
 """Model-file scan speed.
 
-1. Header-only scan rate over >= 1,000 LoRA files (warm page cache): `Guard.check_model_file`
-   with ``metadata_only=True`` — header parse, format identification, metadata audit,
-   verdict. Goal: >= 5,000 files/s.
+1. Header-only scan rate over >= 1,000 LoRA files (warm page cache): `scan_files` with
+   ``metadata_only=True`` on one worker process per core, pool start-up included — header
+   parse, format identification, metadata audit, verdict — best of three fresh pools (all
+   three printed), and one process alone. Goal: >= 5,000 files/s.
 2. Full scan (SHA-256 + tensor SHA-256 + AutoV1 + LoRA fingerprint + metadata audit)
    throughput divided by the throughput of one plain SHA-256 pass over the same files
    (``hashlib.file_digest``), measured in the same run, best of three passes each. Goal:
@@ -112,12 +113,15 @@ def main() -> None:
 
         check_header = lambda p: guard.check_model_file(p, metadata_only=True)  # noqa: E731
         rate(check_header, small[:50])  # warm-up (imports, translate tables)
-        header_rate = rate(check_header, small)
+        header_rate = max(rate(check_header, small) for _ in range(3))
         bank_path = root / "embeddings" / "demo-bank.safetensors"
-        start = time.perf_counter()
-        list(scan_files([str(p) for p in small], {"bank": bank_path}, workers=os.cpu_count() or 1,
-                        check={"metadata_only": True}, guard=guard))
-        header_rate_workers = len(small) / (time.perf_counter() - start)
+
+        def pool_scan(files: list) -> None:  # a fresh pool each time: start-up included
+            list(scan_files(files, {"bank": bank_path}, workers=os.cpu_count() or 1,
+                            check={"metadata_only": True}, guard=guard))
+
+        pool_rates = sorted(rate(pool_scan, [[str(p) for p in small]]) * len(small) for _ in range(3))
+        header_rate_workers = pool_rates[-1]
 
         def plain_sha(path: Path) -> str:
             # hashlib's own file hashing (readinto one reused buffer): steadier, and a little
@@ -137,7 +141,8 @@ def main() -> None:
     mb = total_bytes / len(large) / 1e6
     print(f"CPU, {os.cpu_count()} cores; blake3 {'on' if _blake3 else 'not installed'}; warm page cache")
     print(f"header-only scan : {header_rate_workers:9.0f} files/s over {len(small)} LoRA files with "
-          f"{os.cpu_count()} worker processes, start-up included (goal >= 5,000); one process: {header_rate:.0f}/s")
+          f"{os.cpu_count()} worker processes, start-up included (goal >= 5,000); best of 3 "
+          f"(all: {', '.join(f'{r:.0f}' for r in pool_rates)}); one process: {header_rate:.0f}/s")
     print(f"plain SHA-256    : {sha_rate * mb:9.0f} MB/s over {len(large)} files of {mb:.1f} MB")
     print(f"full scan        : {full_rate_no_b3 * mb:9.0f} MB/s  ratio {full_rate_no_b3 / sha_rate:.2f} (goal >= 0.8): "
           f"SHA-256 + tensor SHA-256 + AutoV1 + fingerprint ({verdict.facts.get('fingerprint_layers')} layers) "

@@ -62,14 +62,25 @@ def scan_files(files: Sequence[str], guard_args: Mapping[str, Any], workers: int
             yield local.check_model_file(path, **check)
         return
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    if guard is not None and "fork" in multiprocessing.get_all_start_methods():
+    fork = guard is not None and "fork" in multiprocessing.get_all_start_methods()
+    if fork:
         _worker = guard  # what the forked workers start from
         pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), initializer=_adopt_worker)
     else:
         pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(dict(guard_args),))
     try:
         with pool:
-            yield from pool.map(_check_one, files, [check] * len(files), chunksize=chunk)
+            if fork:
+                # Frozen objects are never collected in the workers: a collection would write
+                # to every inherited object and copy the parent's memory page by page. A fork
+                # pool starts all its workers at the first submission, inside map().
+                gc.freeze()
+            try:
+                results = pool.map(_check_one, files, [check] * len(files), chunksize=chunk)
+            finally:
+                if fork:
+                    gc.unfreeze()
+            yield from results
     finally:
         _worker = None
 
@@ -81,9 +92,6 @@ def _start_worker(guard_args: dict) -> None:
 
 
 def _adopt_worker() -> None:
-    # Inherited objects are never collected here: a collection would write to every one of
-    # them and copy the parent's memory page by page.
-    gc.freeze()
     _inherited.append((_worker.takedowns, _worker.audit))  # the parent's connections: never closed here
     _worker.reopen_state()
     _one_thread()
