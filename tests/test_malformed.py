@@ -142,3 +142,30 @@ def test_reasons_are_precise(guard, tmp_path, name, reason):
     path = tmp_path / "x.safetensors"
     path.write_bytes(corpus()[name])
     assert reason in guard.check_model_file(path).findings[0].evidence["reason"]
+
+
+def test_tensor_tables_checked_once_are_recognised_by_their_bytes(tmp_path):
+    # Files that share a tensor table (only their metadata differs) are checked against the
+    # table already validated; what depends on the file itself is still checked per file.
+    from guard.extract import safetensors_header as sh
+
+    tensors = {"lora_unet_a.lora_down.weight": torch.ones(2, 4), "lora_unet_a.lora_up.weight": torch.ones(4, 2)}
+    first = mf.write(tmp_path / "first.safetensors", tensors, {"ss_output_name": "one"})
+    second = mf.write(tmp_path / "second.safetensors", tensors, {"ss_output_name": "two", "extra": "x"})
+    sh._validated_section.cache_clear()
+    for path in (first, second):
+        with open(path, "rb") as fh:
+            header = sh.read_header(fh, os.path.getsize(path))
+        assert set(header.tensors) == set(tensors)
+    info = sh._validated_section.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    grown = tmp_path / "grown.safetensors"
+    grown.write_bytes(second.read_bytes() + b"\0" * 8)
+    with open(grown, "rb") as fh, pytest.raises(sh.MalformedModel, match="trailing bytes"):
+        sh.read_header(fh, os.path.getsize(grown))
+    for header_json in (b'{"__metadata__":{"k":"v"}}', b"{}"):  # no tensors at all: valid, and empty
+        header_json += b" " * (-len(header_json) % 8)
+        path = tmp_path / "empty.safetensors"
+        path.write_bytes(len(header_json).to_bytes(8, "little") + header_json)
+        with open(path, "rb") as fh:
+            assert dict(sh.read_header(fh, os.path.getsize(path)).tensors) == {}

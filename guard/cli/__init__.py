@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
     p.add_argument("--metadata-only", action="store_true", help="read safetensors headers only")
     p.add_argument("--all", action="store_true", help="in folders, also check files without a model suffix")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes (default: one per CPU core)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per two cores for full scans, whose hashing keeps "
+                        "two cores busy per file; one per core for header-only scans of 1,024 files or more)")
     p.add_argument("--account", help="the uploading account")
     p.add_argument("--trigger-words", nargs="*", default=[], help="trigger words declared with the upload")
     p.set_defaults(run=cmd_scan)
@@ -274,7 +275,7 @@ def _read_prompts(args) -> list[str]:
 
 
 def cmd_scan(args) -> int:
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
     guard = _guard(args)
     files = find_model_files(args.paths, args.all)

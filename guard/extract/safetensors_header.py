@@ -7,11 +7,13 @@ with a reason precise enough to act on. Only ``8 + N`` bytes are read.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO, Mapping, NamedTuple
+from types import MappingProxyType
+from typing import Any, BinaryIO, Mapping, NamedTuple
 
 import orjson
 
@@ -94,7 +96,7 @@ def declared_length(head: bytes, file_size: int) -> int:
 def parse_header(raw: bytes, file_size: int) -> SafetensorsHeader:
     """Validate the N header bytes (after the 8-byte length) of a ``file_size``-byte file."""
     n = len(raw)
-    data = _parse_json(raw)
+    data, canonical = _parse_json(raw)
     if not isinstance(data, dict):
         raise MalformedModel(f"header is a JSON {type(data).__name__}, not an object")
     metadata = data.pop("__metadata__", {})
@@ -103,13 +105,51 @@ def parse_header(raw: bytes, file_size: int) -> SafetensorsHeader:
     for key, value in metadata.items():
         if not isinstance(value, str):
             raise MalformedModel(f"__metadata__[{key!r}] is a {type(value).__name__}; values must be strings")
-    tensors = {name: _tensor(name, entry) for name, entry in data.items()}
-    _check_layout(tensors, file_size - 8 - n)
+    section = _tensor_section(raw, metadata) if canonical else None
+    if section is not None and len(section) <= _MAX_CACHED_SECTION:
+        tensors, end = _validated_section(section)
+    else:
+        tensors, end = _validated(data)
+    data_size = file_size - 8 - n
+    if end != data_size:
+        raise MalformedModel(f"tensors cover {end} bytes of data but the file holds {data_size} "
+                             f"({'trailing bytes' if data_size > end else 'data past the end of the file'})")
     return SafetensorsHeader(metadata, tensors, n, file_size)
 
 
-def _parse_json(raw: bytes):
-    """The header's JSON value, refusing duplicate keys, NaN/Infinity and bad UTF-8.
+def _validated(entries: Mapping) -> tuple[Mapping[str, TensorInfo], int]:
+    """The tensor table checked entry by entry, and where its data ends."""
+    tensors = {name: _tensor(name, entry) for name, entry in entries.items()}
+    return MappingProxyType(tensors), _layout_end(tensors)
+
+
+# A catalog's files share a few tensor tables (one per trainer, architecture and rank): only
+# their metadata differs. A table already checked is looked up by its exact bytes.
+_MAX_CACHED_SECTION = 1024 * 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_section(section: bytes) -> tuple[Mapping[str, TensorInfo], int]:
+    return _validated(orjson.loads(b"{" + section))
+
+
+def _tensor_section(raw: bytes, metadata: Mapping[str, str]) -> bytes | None:
+    """The bytes of the tensor entries in a header that is exactly orjson's output: after the
+    metadata when it comes first (as safetensors writes it), or everything."""
+    if not metadata:
+        return None if raw.startswith(_METADATA_FIRST) else raw.rstrip(b" ")[1:]
+    if not raw.startswith(_METADATA_FIRST):
+        return None
+    rest = raw.rstrip(b" ")[len(_METADATA_FIRST) + len(orjson.dumps(metadata)):]
+    return rest[1:] if rest.startswith(b",") else rest
+
+
+_METADATA_FIRST = b'{"__metadata__":'
+
+
+def _parse_json(raw: bytes) -> tuple[Any, bool]:
+    """The header's JSON value, refusing duplicate keys, NaN/Infinity and bad UTF-8, and
+    whether the bytes are exactly orjson's output for it.
 
     The fast way: orjson, accepted only when writing the result back gives exactly the bytes
     read (safetensors writers emit compact JSON, padded with spaces). A dropped duplicate key
@@ -119,7 +159,7 @@ def _parse_json(raw: bytes):
     try:
         data = orjson.loads(raw)
         if orjson.dumps(data) == raw.rstrip(b" "):
-            return data
+            return data, True
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         pass
     try:
@@ -127,7 +167,7 @@ def _parse_json(raw: bytes):
     except UnicodeDecodeError as exc:
         raise MalformedModel(f"header is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants), False
     except _Duplicate as exc:
         raise MalformedModel(f"header has the key {exc.args[0]!r} twice") from None
     except (json.JSONDecodeError, ValueError) as exc:
@@ -165,16 +205,15 @@ def _tensor(name: str, entry) -> TensorInfo:
     return TensorInfo(dtype, tuple(shape), begin, end)
 
 
-def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int) -> None:
+def _layout_end(tensors: Mapping[str, TensorInfo]) -> int:
+    """Where the data ends, once the tensors are checked to follow each other without gaps."""
     position = 0
     for name, info in sorted(tensors.items(), key=_by_offsets):
         if info.begin != position:
             what = "overlaps the previous tensor" if info.begin < position else "leaves a gap before it"
             raise MalformedModel(f"tensor {name!r}: data starts at {info.begin}, expected {position} ({what})")
         position = info.end
-    if position != data_size:
-        raise MalformedModel(f"tensors cover {position} bytes of data but the file holds {data_size} "
-                             f"({'trailing bytes' if data_size > position else 'data past the end of the file'})")
+    return position
 
 
 def _by_offsets(item: tuple[str, TensorInfo]) -> tuple[int, int]:
