@@ -281,6 +281,17 @@ def test_scan_workers_share_the_state_folder_and_keep_order(state_guard, lora, t
     assert state_guard.audit.verify().ok
 
 
+def test_default_worker_count_follows_the_kind_of_scan(monkeypatch):
+    from guard import scan
+
+    monkeypatch.setattr(scan.os, "cpu_count", lambda: 8)
+    assert scan.default_workers(100, metadata_only=True) == 1  # a pool would cost more than it saves
+    assert scan.default_workers(5000, metadata_only=True) == 8
+    assert scan.default_workers(5000, metadata_only=False) == 4  # each file keeps two cores busy
+    monkeypatch.setattr(scan.os, "cpu_count", lambda: 1)
+    assert scan.default_workers(5000, metadata_only=False) == 1
+
+
 def test_scan_cli(bank_file, lora, tmp_path, capsys):
     catalog = tmp_path / "catalog"
     (catalog / "sub").mkdir(parents=True)
