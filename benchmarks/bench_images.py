@@ -4,9 +4,10 @@ Both are measured in one run at the same batch size on the same model: a ViT-B-3
 RANDOM weights (FLOP-equivalent timing only; its similarities mean nothing). End-to-end
 means from image files on disk (512x512 PNG, as uploads arrive) to verdicts: decode,
 EXIF, preprocessing, forward, matching against a 10,000-exemplar bank, policy. The bare
-figure is the forward pass alone on already-preprocessed tensors. Goal: ratio >= 0.8.
+figure is the forward pass alone on already-preprocessed tensors. Both are timed in
+interleaved passes (three by default) and the best of each is kept. Goal: ratio >= 0.8.
 
-    python benchmarks/bench_images.py [--images 96] [--batch 32]
+    python benchmarks/bench_images.py [--images 96] [--batch 32] [--passes 3]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,16 +63,23 @@ def main() -> None:
         encoder.forward_images(tensors[: args.batch])  # warm-up
         guard.check_images(paths[: args.batch])
 
-        start = time.perf_counter()
-        for s in range(0, len(tensors), args.batch):
-            encoder.forward_images(tensors[s:s + args.batch])
-        bare = len(tensors) / (time.perf_counter() - start)
+        def bare_pass() -> float:
+            start = time.perf_counter()
+            for s in range(0, len(tensors), args.batch):
+                encoder.forward_images(tensors[s:s + args.batch])
+            return len(tensors) / (time.perf_counter() - start)
 
-        start = time.perf_counter()
-        verdicts = guard.check_images(paths)
-        e2e = len(paths) / (time.perf_counter() - start)
+        def e2e_pass() -> float:
+            start = time.perf_counter()
+            verdicts.extend(guard.check_images(paths))
+            return len(paths) / (time.perf_counter() - start)
 
-    assert len(verdicts) == len(paths) and not any(v.error for v in verdicts)
+        # Interleaved passes, best of three each: this machine's timings drift from pass to pass.
+        verdicts: list = []
+        passes = [(bare_pass(), e2e_pass()) for _ in range(args.passes)]
+        bare, e2e = (max(column) for column in zip(*passes))
+
+    assert len(verdicts) == len(paths) * args.passes and not any(v.error for v in verdicts)
     print(f"device: {device}, {torch.get_num_threads()} threads; {args.arch} random init (timing only); "
           f"{args.images} PNG files 512x512; batch {args.batch}; bank 10,000 exemplars")
     print(f"bare encoder forward : {bare:8.1f} images/s")
