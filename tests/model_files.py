@@ -47,6 +47,63 @@ SDXL_LAYERS = [
 ]
 
 
+# Flux LoRA layers in kohya's naming (the original layout: q, k, v fused; single blocks fuse
+# q, k, v and the MLP input) -> their diffusers names and the rows each takes, for hidden size H.
+FLUX_H = 8
+FLUX_LAYERS = {
+    "lora_unet_double_blocks_0_img_attn_qkv": (
+        ("transformer.transformer_blocks.0.attn.to_q", 1), ("transformer.transformer_blocks.0.attn.to_k", 1),
+        ("transformer.transformer_blocks.0.attn.to_v", 1)),
+    "lora_unet_double_blocks_0_txt_attn_qkv": (
+        ("transformer.transformer_blocks.0.attn.add_q_proj", 1), ("transformer.transformer_blocks.0.attn.add_k_proj", 1),
+        ("transformer.transformer_blocks.0.attn.add_v_proj", 1)),
+    "lora_unet_double_blocks_0_img_attn_proj": (("transformer.transformer_blocks.0.attn.to_out.0", 1),),
+    "lora_unet_double_blocks_0_img_mlp_0": (("transformer.transformer_blocks.0.ff.net.0.proj", 4),),
+    "lora_unet_double_blocks_0_txt_mod_lin": (("transformer.transformer_blocks.0.norm1_context.linear", 6),),
+    "lora_unet_single_blocks_0_linear1": (
+        ("transformer.single_transformer_blocks.0.attn.to_q", 1), ("transformer.single_transformer_blocks.0.attn.to_k", 1),
+        ("transformer.single_transformer_blocks.0.attn.to_v", 1), ("transformer.single_transformer_blocks.0.proj_mlp", 4)),
+    "lora_unet_single_blocks_0_linear2": (("transformer.single_transformer_blocks.0.proj_out", 1),),
+}
+
+
+def flux_weights(seed: int, rank: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per kohya Flux layer: (up [rows, r], down [r, in])."""
+    g = torch.Generator().manual_seed(seed)
+    width = {"lora_unet_single_blocks_0_linear2": 5 * FLUX_H}
+    return {name: (torch.randn(sum(s for _, s in parts) * FLUX_H, rank, generator=g) * 0.02,
+                   torch.randn(rank, width.get(name, FLUX_H), generator=g) * 0.1)
+            for name, parts in FLUX_LAYERS.items()}
+
+
+FLUX_ORIGINAL = {  # kohya name -> the original module path (ComfyUI's LoRA keys)
+    "lora_unet_double_blocks_0_img_attn_qkv": "double_blocks.0.img_attn.qkv",
+    "lora_unet_double_blocks_0_txt_attn_qkv": "double_blocks.0.txt_attn.qkv",
+    "lora_unet_double_blocks_0_img_attn_proj": "double_blocks.0.img_attn.proj",
+    "lora_unet_double_blocks_0_img_mlp_0": "double_blocks.0.img_mlp.0",
+    "lora_unet_double_blocks_0_txt_mod_lin": "double_blocks.0.txt_mod.lin",
+    "lora_unet_single_blocks_0_linear1": "single_blocks.0.linear1",
+    "lora_unet_single_blocks_0_linear2": "single_blocks.0.linear2",
+}
+
+
+def flux_as_comfyui(weights) -> dict[str, torch.Tensor]:
+    return {f"diffusion_model.{FLUX_ORIGINAL[name]}.lora_{'B' if part == 'up' else 'A'}.weight": t
+            for name, (up, down) in weights.items() for part, t in (("up", up), ("down", down))}
+
+
+def flux_as_diffusers(weights) -> dict[str, torch.Tensor]:
+    """What a kohya -> diffusers conversion writes: fused up matrices cut by rows, downs repeated."""
+    tensors = {}
+    for name, (up, down) in weights.items():
+        rows = 0
+        for target, share in FLUX_LAYERS[name]:
+            tensors[f"{target}.lora_B.weight"] = up[rows:rows + share * FLUX_H].contiguous()
+            tensors[f"{target}.lora_A.weight"] = down.clone()
+            rows += share * FLUX_H
+    return tensors
+
+
 def lora_weights(seed: int, rank: int = 4, conv: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per kohya layer name: (up [out, r], down [r, in] or [r, in, k, k]) — a trained-looking LoRA."""
     g = torch.Generator().manual_seed(seed)

@@ -173,6 +173,23 @@ def test_canonical_names_agree_across_families():
     assert canonical_layer("lora_unet_input_blocks_4_7_proj_in") == "unet_input_blocks_4_7_proj_in"
 
 
+def test_flux_lora_matches_across_kohya_comfyui_and_diffusers_naming(tmp_path):
+    w = mf.flux_weights(3)
+    kohya = mf.write(tmp_path / "kohya.safetensors", mf.kohya_tensors(w, dtype=torch.bfloat16))
+    comfy = mf.write(tmp_path / "comfy.safetensors", mf.flux_as_comfyui(w))  # PEFT keys, original layout
+    diffusers = mf.write(tmp_path / "diffusers.safetensors", mf.flux_as_diffusers(w))
+    other = mf.write(tmp_path / "other.safetensors", mf.flux_as_diffusers(mf.flux_weights(4)))
+    fps = {name: inspect_model(path) for name, path in
+           {"kohya": kohya, "comfy": comfy, "diffusers": diffusers, "other": other}.items()}
+    assert all(r.base_model == "flux" for r in fps.values())
+    parts = sum(len(p) for p in mf.FLUX_LAYERS.values())
+    assert {len(r.fingerprint.layers) for r in fps.values()} == {parts}
+    base = fps["kohya"].fingerprint
+    assert base.similarity(fps["comfy"].fingerprint) == pytest.approx(1.0, abs=1e-2)
+    assert base.similarity(fps["diffusers"].fingerprint) == pytest.approx(1.0, abs=1e-2)
+    assert base.similarity(fps["other"].fingerprint) < 0.5
+
+
 @pytest.mark.parametrize("width, family", [(768, "sd1"), (1024, "sd2"), (2048, "sdxl")])
 def test_base_model_from_the_cross_attention_width_in_either_naming(tmp_path, width, family):
     # LDM-style names (lora_unet_input_blocks_…) are used for SD1.x files too, not only SDXL.

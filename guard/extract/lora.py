@@ -24,7 +24,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -59,7 +59,9 @@ def canonical_layer(prefix: str) -> str:
     else:
         prefix = "unet." + prefix  # PEFT files of a bare UNet carry no component prefix
     name = prefix.replace(".", "_")
-    return _from_ldm(name) if name.startswith(_LDM_PREFIXES) else name
+    if name.startswith(_LDM_PREFIXES):
+        return _from_ldm(name)
+    return _from_flux(name) if _FLUX_BLOCK.match(name) else name
 
 
 # The original (LDM/SGM) UNet layout that kohya's SDXL LoRAs name, mapped onto the diffusers
@@ -101,6 +103,62 @@ def _from_ldm(name: str) -> str:
     if sub == 0:
         return f"{where}_resnets_{position}_{_LDM_RESNET.get(rest, rest)}"
     return f"{where}_attentions_{position}_{rest}" if sub == 1 else name
+
+
+# Flux's original layout (kohya's and ComfyUI's LoRAs) mapped onto the diffusers one (PEFT
+# LoRAs). The original fuses q, k, v (and, in single blocks, the MLP input) into one layer;
+# `split_fused` cuts such a layer into per-projection parts "#0", "#1", … first.
+_FLUX_BLOCK = re.compile(r"(?:unet|transformer)_(?:diffusion_model_)?(double|single)_blocks_(\d+)_(.+)$")
+_FLUX_DOUBLE = {"img_attn_qkv#0": "attn_to_q", "img_attn_qkv#1": "attn_to_k", "img_attn_qkv#2": "attn_to_v",
+                "txt_attn_qkv#0": "attn_add_q_proj", "txt_attn_qkv#1": "attn_add_k_proj",
+                "txt_attn_qkv#2": "attn_add_v_proj", "img_attn_proj": "attn_to_out_0", "txt_attn_proj": "attn_to_add_out",
+                "img_mlp_0": "ff_net_0_proj", "img_mlp_2": "ff_net_2", "txt_mlp_0": "ff_context_net_0_proj",
+                "txt_mlp_2": "ff_context_net_2", "img_mod_lin": "norm1_linear", "txt_mod_lin": "norm1_context_linear"}
+_FLUX_SINGLE = {"linear1#0": "attn_to_q", "linear1#1": "attn_to_k", "linear1#2": "attn_to_v", "linear1#3": "proj_mlp",
+                "linear2": "proj_out", "modulation_lin": "norm_linear"}
+#: Fused layer -> the share of its output rows each part takes (q, k, v; and the 4x-wide MLP).
+_FUSED = {"img_attn_qkv": (1, 1, 1), "txt_attn_qkv": (1, 1, 1), "linear1": (1, 1, 1, 4)}
+_FUSED_ENDINGS = tuple("_" + name for name in _FUSED)
+
+
+def _from_flux(name: str) -> str:
+    kind, block, rest = _FLUX_BLOCK.match(name).groups()
+    target = (_FLUX_DOUBLE if kind == "double" else _FLUX_SINGLE).get(rest)
+    if target is None:
+        return name
+    return f"transformer_{'transformer_blocks' if kind == 'double' else 'single_transformer_blocks'}_{block}_{target}"
+
+
+def split_fused(infos: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The tensors with each fused Flux layer (``…img_attn.qkv``, ``…linear1``) replaced by
+    per-projection layers ``…qkv#0``, ``#1``, …: the up matrix's rows cut into parts, the
+    down matrix and alpha shared. Other tensors, and tables with no fused layer, unchanged."""
+    out = None
+    for key, info in infos.items():
+        found = layer_part(key)
+        if not found or not found[0].endswith(_FUSED_ENDINGS):  # the common case, kept cheap
+            continue
+        m = _FLUX_BLOCK.match(found[0])
+        shares = _FUSED.get(m.group(3)) if m else None
+        if shares is None:
+            continue
+        prefix, part = split_key(key)
+        suffix = key[len(prefix):]
+        parts = [info] * len(shares)
+        if part == "up":
+            rows = info.shape[0] if info.shape else 0
+            unit, extra = divmod(rows, sum(shares))
+            if extra or not unit or (info.end - info.begin) % rows:
+                continue  # not a shape this layer can have: left whole
+            row_bytes, start, parts = (info.end - info.begin) // rows, info.begin, []
+            for share in shares:
+                size = share * unit
+                parts.append(info._replace(shape=(size, *info.shape[1:]), begin=start, end=start + size * row_bytes))
+                start += size * row_bytes
+        out = dict(infos) if out is None else out
+        del out[key]
+        out.update({f"{prefix}#{j}{suffix}": piece for j, piece in enumerate(parts)})
+    return infos if out is None else out
 
 
 def split_key(key: str) -> tuple[str, str] | None:

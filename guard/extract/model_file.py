@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .hashes import PREADV, FileHashes, HashJob, hash_buffer
-from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers
+from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers, split_fused
 from .pickle_scan import PickleReport, scan_file
 from .safetensors_header import (MalformedModel, SafetensorsHeader, declared_length, open_regular, parse_header,
                                  read_header)
@@ -172,14 +172,18 @@ def _scratch(size: int) -> memoryview:
 
 def _fingerprint_from(header: SafetensorsHeader, layers: Mapping[str, Mapping[str, str]],
                       data: memoryview) -> Fingerprint:
+    infos = split_fused(header.tensors)
+    if infos is not header.tensors:  # fused Flux layers, fingerprinted per projection
+        layers = group_layers(infos)
+
     def load(key: str) -> np.ndarray:
-        info = header.tensors[key]
+        info = infos[key]
         if info.dtype not in WORDS:
             raise ValueError(f"tensor {key!r} has dtype {info.dtype}, not a float type a LoRA uses")
         raw = data[header.data_start + info.begin:header.data_start + info.end]
         return as_float32(np.frombuffer(raw, dtype=WORDS[info.dtype]), info.dtype).reshape(info.shape)
 
-    return fingerprint_buffer(layers, header.tensors, data, header.data_start, load)
+    return fingerprint_buffer(layers, infos, data, header.data_start, load)
 
 
 def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool, blake3: bool) -> None:
