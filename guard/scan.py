@@ -69,7 +69,9 @@ def scan_files(files: Sequence[str], guard_args: Mapping[str, Any], workers: int
         check: keyword arguments of `Guard.check_model_file` (account, trigger_words, metadata_only).
         guard: this process's guard. Where processes can be forked, workers inherit it, warm
             caches included, instead of loading the bank again; each opens its own connections
-            to the state folder.
+            to the state folder. As with any fork, other threads of this process must not be
+            holding locks the workers need (the CLI has none; a server should scan from a
+            process of its own).
     """
     global _worker
     check = dict(check or {})
