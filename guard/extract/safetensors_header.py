@@ -124,11 +124,13 @@ def _validated(entries: Mapping) -> tuple[Mapping[str, TensorInfo], int]:
 
 
 # A catalog's files share a few tensor tables (one per trainer, architecture and rank): only
-# their metadata differs. A table already checked is looked up by its exact bytes.
+# their metadata differs. A table already checked is looked up by its exact bytes. Bounded to
+# 64 tables of at most 1 MiB (an SDXL LoRA's is ~300 KB), so hostile headers cannot make it
+# hold more than ~160 MB.
 _MAX_CACHED_SECTION = 1024 * 1024
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _validated_section(section: bytes) -> tuple[Mapping[str, TensorInfo], int]:
     return _validated(orjson.loads(b"{" + section))
 
