@@ -309,6 +309,25 @@ def test_default_worker_count_follows_the_kind_of_scan(monkeypatch):
     assert scan.default_workers(5000, metadata_only=False) == 1
 
 
+def test_takedown_list_warns_about_fingerprints_of_an_older_recipe(bank_file, lora, tmp_path, capsys):
+    import sqlite3
+
+    state = tmp_path / "state"
+    assert main(["takedown", "add", str(lora), "--notice", "OLD-1", "--bank", str(bank_file),
+                 "--state", str(state)]) == 0
+    with sqlite3.connect(state / "takedowns.sqlite") as db:  # as a version before recipes were named wrote it
+        blob = db.execute("SELECT fingerprint FROM takedowns").fetchone()[0]
+        n = int.from_bytes(blob[:4], "little")
+        head = json.loads(blob[4:4 + n])
+        del head["scheme"]
+        raw = json.dumps(head).encode()
+        db.execute("UPDATE takedowns SET fingerprint = ?", (len(raw).to_bytes(4, "little") + raw + blob[4 + n:],))
+    capsys.readouterr()
+    assert main(["takedown", "list", "--state", str(state)]) == 0
+    err = capsys.readouterr().err
+    assert "1 takedown(s) hold fingerprints of an older recipe" in err and "window128-k8" in err
+
+
 def test_scan_cli(bank_file, lora, tmp_path, capsys):
     catalog = tmp_path / "catalog"
     (catalog / "sub").mkdir(parents=True)

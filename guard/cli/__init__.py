@@ -419,6 +419,8 @@ def cmd_audit_report(args) -> int:
 
 
 def cmd_takedown_list(args) -> int:
+    from ..extract.lora import SCHEME
+
     entries = _takedowns(args).entries()
     for entry in entries:
         if args.json:
@@ -426,6 +428,11 @@ def cmd_takedown_list(args) -> int:
         else:
             out.print(f"{entry.id}\t{entry.notice}\t{entry.character or '-'}\t{entry.created}\t{entry.subject}",
                       highlight=False)
+    stale = [e for e in entries if e.fingerprint and e.fingerprint.scheme != SCHEME]
+    if stale:  # their hashes still match exactly; their fingerprints no longer match anything
+        err.print(f"[yellow]{len(stale)} takedown(s) hold fingerprints of an older recipe "
+                  f"({', '.join(sorted({e.fingerprint.scheme for e in stale}))}, now {SCHEME}): re-uploads "
+                  f"are caught by hash only until their files are taken down again[/]", highlight=False)
     return EXIT_OK
 
 
