@@ -170,3 +170,12 @@ def other_formats(folder: Path) -> dict[str, Path]:
                             "conditioner.embedders.1.model.ln_final.weight": r(8)},
     }
     return {fmt: write(folder / f"{fmt}.safetensors", tensors) for fmt, tensors in files.items()}
+
+
+def without_scheme(fingerprint: bytes) -> bytes:
+    """Fingerprint bytes as written before sketch recipes were named (no "scheme" in the head)."""
+    n = int.from_bytes(fingerprint[:4], "little")
+    head = json.loads(fingerprint[4:4 + n])
+    del head["scheme"]
+    raw = json.dumps(head).encode()
+    return len(raw).to_bytes(4, "little") + raw + fingerprint[4 + n:]

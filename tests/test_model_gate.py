@@ -244,12 +244,7 @@ def test_fingerprints_keep_their_scheme_and_never_compare_across_schemes(lora):
     again = Fingerprint.from_bytes(fp.to_bytes())
     assert again.scheme == SCHEME and fp.similarity(again) == pytest.approx(1.0, abs=1e-3)
     # Bytes written before schemes were named (no "scheme" in the head) came from another recipe.
-    data = fp.to_bytes()
-    n = int.from_bytes(data[:4], "little")
-    head = json.loads(data[4:4 + n])
-    del head["scheme"]
-    raw = json.dumps(head).encode()
-    old = Fingerprint.from_bytes(len(raw).to_bytes(4, "little") + raw + data[4 + n:])
+    old = Fingerprint.from_bytes(mf.without_scheme(fp.to_bytes()))
     assert old.scheme != SCHEME and fp.similarity(old) == 0.0
 
 
@@ -317,11 +312,7 @@ def test_takedown_list_warns_about_fingerprints_of_an_older_recipe(bank_file, lo
                  "--state", str(state)]) == 0
     with sqlite3.connect(state / "takedowns.sqlite") as db:  # as a version before recipes were named wrote it
         blob = db.execute("SELECT fingerprint FROM takedowns").fetchone()[0]
-        n = int.from_bytes(blob[:4], "little")
-        head = json.loads(blob[4:4 + n])
-        del head["scheme"]
-        raw = json.dumps(head).encode()
-        db.execute("UPDATE takedowns SET fingerprint = ?", (len(raw).to_bytes(4, "little") + raw + blob[4 + n:],))
+        db.execute("UPDATE takedowns SET fingerprint = ?", (mf.without_scheme(blob),))
     capsys.readouterr()
     assert main(["takedown", "list", "--state", str(state)]) == 0
     err = capsys.readouterr().err
