@@ -61,7 +61,8 @@ def canonical_layer(prefix: str) -> str:
     name = prefix.replace(".", "_")
     if name.startswith(_LDM_PREFIXES):
         return _from_ldm(name)
-    return _from_flux(name) if _FLUX_BLOCK.match(name) else name
+    flux = _FLUX_BLOCK.match(name)
+    return _from_flux(name, *flux.groups()) if flux else name
 
 
 # The original (LDM/SGM) UNet layout that kohya's SDXL LoRAs name, mapped onto the diffusers
@@ -121,8 +122,7 @@ _FUSED = {"img_attn_qkv": (1, 1, 1), "txt_attn_qkv": (1, 1, 1), "linear1": (1, 1
 _FUSED_ENDINGS = tuple("_" + name for name in _FUSED)
 
 
-def _from_flux(name: str) -> str:
-    kind, block, rest = _FLUX_BLOCK.match(name).groups()
+def _from_flux(name: str, kind: str, block: str, rest: str) -> str:
     target = (_FLUX_DOUBLE if kind == "double" else _FLUX_SINGLE).get(rest)
     if target is None:
         return name
