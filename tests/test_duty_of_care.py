@@ -196,6 +196,14 @@ def verdict(i: int) -> Verdict:
     return Verdict(f"item-{i}", Surface.PROMPT, versions={"guard": "test"})
 
 
+def written_log(folder, rows: int) -> AuditLog:
+    """An audit log in ``folder`` holding ``rows`` verdicts."""
+    log = AuditLog(folder)
+    for i in range(rows):
+        log.record(verdict(i))
+    return log
+
+
 def test_10000_verdicts_from_4_threads_none_lost(tmp_path):
     log = AuditLog(tmp_path)
 
@@ -215,10 +223,7 @@ def test_10000_verdicts_from_4_threads_none_lost(tmp_path):
 
 
 def test_editing_a_row_is_detected_and_named(tmp_path, capsys):
-    log = AuditLog(tmp_path)
-    for i in range(20):
-        log.record(verdict(i))
-    log.close()
+    written_log(tmp_path, 20).close()
     with sqlite3.connect(tmp_path / "audit.sqlite") as db:
         db.execute("UPDATE audit SET subject = 'tampered' WHERE seq = 12")
     assert main(["audit", "verify", "--state", str(tmp_path)]) == 1
@@ -234,10 +239,7 @@ def test_editing_a_row_is_detected_and_named(tmp_path, capsys):
 
 
 def test_deleting_or_reordering_rows_is_detected(tmp_path):
-    log = AuditLog(tmp_path)
-    for i in range(10):
-        log.record(verdict(i))
-    log.close()
+    written_log(tmp_path, 10).close()
     with sqlite3.connect(tmp_path / "audit.sqlite") as db:
         db.execute("DELETE FROM audit WHERE seq = 5")
     assert AuditLog(tmp_path).verify().bad_seq == 6
@@ -248,9 +250,7 @@ def test_deleting_or_reordering_rows_is_detected(tmp_path):
 
 
 def test_cutting_off_the_newest_rows_is_caught_by_an_anchor(tmp_path, capsys):
-    log = AuditLog(tmp_path)
-    for i in range(10):
-        log.record(verdict(i))
+    log = written_log(tmp_path, 10)
     head = log.head()
     assert head.seq == 10 and log.verify([head]).ok
     assert main(["audit", "report", "--state", str(tmp_path), "-o", str(tmp_path / "report.json")]) == 0

@@ -178,14 +178,14 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
         raise MalformedModel("header JSON is nested too deeply") from None
 
 
+_ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+
+
 def _tensor(name: str, entry) -> TensorInfo:
     # Checked with plain type tests: this runs once per tensor of every scanned file.
-    if type(entry) is not dict or len(entry) != 3:
+    if type(entry) is not dict or entry.keys() != _ENTRY_KEYS:
         raise MalformedModel(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
-    try:
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    except KeyError:
-        raise MalformedModel(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets") from None
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     itemsize = DTYPE_SIZES.get(dtype) if type(dtype) is str else None
     if itemsize is None:
         raise MalformedModel(f"tensor {name!r}: unknown dtype {dtype!r}")
@@ -196,9 +196,7 @@ def _tensor(name: str, entry) -> TensorInfo:
         if type(dim) is not int or dim < 0:  # type() is int also refuses bools
             raise MalformedModel(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
         count *= dim
-    if type(offsets) is not list or len(offsets) != 2:
-        raise MalformedModel(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] with begin <= end")
-    begin, end = offsets
+    begin, end = offsets if type(offsets) is list and len(offsets) == 2 else (None, None)
     if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
         raise MalformedModel(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] with begin <= end")
     if count * itemsize != end - begin:
