@@ -127,3 +127,17 @@ def _bar_corners(angle: float):
     ux, uy = math.cos(a), math.sin(a)
     vx, vy = -uy, ux
     return [(ux, uy, vx, vy), (ux, uy, -vx, -vy), (-ux, -uy, -vx, -vy), (-ux, -uy, vx, vy)]
+
+
+def clustered_embeddings(n: int, dim: int, per_group: int = 8, seed: int = 0):
+    """``[n, dim]`` unit rows shaped roughly like a CLIP bank: a shared direction (CLIP's
+    narrow cone), a decaying spectrum, and groups of ``per_group`` rows around a centre
+    (one character's exemplars). For matcher tests and benchmarks; no semantics."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    spectrum = torch.arange(1, dim + 1).float() ** -0.5
+    centres = torch.randn(n // per_group + 1, dim, generator=g) * spectrum
+    rows = centres.repeat_interleave(per_group, 0)[:n] + 0.6 * torch.randn(n, dim, generator=g) * spectrum
+    rows[:, 0] += 2.0
+    return torch.nn.functional.normalize(rows, dim=1)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from guard.match.embedding import BF16_FROM, EmbeddingIndex
+from guard.match.embedding import PRESELECT_FROM, EmbeddingIndex, _Int8Rows
+from guard.synthetic import clustered_embeddings
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -22,7 +23,14 @@ def reference(q, e, owner, floor):
     return out
 
 
-@pytest.mark.parametrize("size", [50, BF16_FROM + 100])
+def assert_same(got, want):
+    for g, w in zip(got, want, strict=True):
+        assert {m.owner for m in g} == set(w)
+        for m in g:
+            assert m.score == pytest.approx(w[m.owner], abs=1e-5)
+
+
+@pytest.mark.parametrize("size", [50, PRESELECT_FROM + 100])
 def test_search_equals_the_definition(size):
     d = 32
     e = unit(size, d, 0).half()
@@ -32,18 +40,17 @@ def test_search_equals_the_definition(size):
     q = torch.nn.functional.normalize(q, dim=1)
     floor = 0.5
     got = EmbeddingIndex(e, owner).search(q, floor)
-    want = reference(q, e, owner, floor)
-    for g, w in zip(got, want):
-        assert {m.owner: round(m.score, 4) for m in g} == {o: round(s, 4) for o, s in w.items()}
+    assert_same(got, reference(q, e, owner, floor))
+    for g in got:
         assert [m.score for m in g] == sorted((m.score for m in g), reverse=True)
         for m in g:
             assert int(owner[m.exemplar]) == m.owner
 
 
-def test_bf16_path_never_drops_a_pair_at_the_floor():
-    """Scores just above the floor survive the bf16 pre-selection (its margin covers rounding)."""
+def test_preselection_never_drops_a_pair_at_the_floor():
+    """Scores just above the floor survive the int8 pre-selection (its bound covers rounding)."""
     d = 64
-    size = BF16_FROM + 1
+    size = PRESELECT_FROM + 1
     e = unit(size, d, 3).half()
     owner = torch.arange(size)
     q = unit(16, d, 4)
@@ -54,6 +61,46 @@ def test_bf16_path_never_drops_a_pair_at_the_floor():
         floor = (top[19].item() + top[20].item()) / 2
         found = EmbeddingIndex(e, owner).search(q[i:i + 1], floor)[0]
         assert len(found) == 20
+
+
+@pytest.mark.parametrize("floor", [-0.2, 0.3, 0.8, 0.95])
+def test_int8_preselection_equals_the_definition_on_clustered_rows(floor):
+    d, size = 48, 3_000
+    # CLIP-like rows, one in 50 dominated by one coordinate (a worst case for int8 scales).
+    e = clustered_embeddings(size, d, seed=5)
+    e[::50, 5] += 40.0
+    e = torch.nn.functional.normalize(e, dim=1).half()
+    owner = torch.arange(size) // 8
+    q = torch.nn.functional.normalize(torch.cat([e[::301].float() + 0.1 * unit(10, d, 6), clustered_embeddings(6, d, seed=7)]), dim=1)
+    assert_same(EmbeddingIndex(e, owner, preselect_from=0).search(q, floor), reference(q, e, owner, floor))
+
+
+@pytest.mark.parametrize("side", ["row", "query"])
+def test_int8_bound_covers_rounding_errors_that_all_point_one_way(side):
+    """Each coordinate sits 0.49 above an integer step, so every rounding error has the same
+    sign and they add up (~4% of the score): only the error terms of the bound keep the pair."""
+    d = 64
+    spiky = torch.tensor([127.0] + [10.49] * (d - 1))
+    flat = torch.ones(d)
+    row, query = (spiky, flat) if side == "row" else (flat, spiky)
+    e = torch.nn.functional.normalize(row, dim=0)[None].half()
+    q = torch.nn.functional.normalize(query, dim=0)[None]
+    exact = (q @ e.float().T).item()
+    found = EmbeddingIndex(e, torch.zeros(1, dtype=torch.long), preselect_from=0).search(q, exact - 1e-3)
+    assert [m.score for m in found[0]] == [pytest.approx(exact, abs=1e-6)]
+
+
+def test_int8_bound_is_a_superset_and_still_prunes():
+    d, size = 128, 20_000
+    e = unit(size, d, 8).half()
+    q = torch.cat([e[[1, 2, 3]].float(), unit(13, d, 9)])
+    qi, ei = _Int8Rows(e).candidates(q, 0.5)
+    exact = q @ e.float().T
+    truth = set(zip(*(exact >= 0.5).nonzero(as_tuple=True)))
+    got = set(zip(qi.tolist(), ei.tolist()))
+    assert {(int(a), int(b)) for a, b in truth} <= got
+    # Random 128-d rows score ~N(0, 0.09) against a query: almost every pair is dismissed.
+    assert len(got) < 0.001 * exact.numel()
 
 
 def test_empty_bank_and_empty_queries():

@@ -4,25 +4,43 @@ The index never decides; it returns matches with exact scores and the policy tur
 into actions. Only scores at or above the policy's lowest threshold (the *floor*) can
 become findings, so large banks are searched in two steps:
 
-1. one bf16 product ``[M, D] @ [D, B]`` (about 3x faster than float32 on AVX-512 CPUs)
-   bounds every score to within `BF16_MARGIN`;
-2. the pairs whose bf16 score reaches ``floor - BF16_MARGIN`` are rescored exactly in
-   float32. No pair at or above the floor can be lost to rounding.
+1. one int8 product ``[M, D] @ [D, B]`` (VNNI kernels; about 1.3x faster than bf16 and 4x
+   faster than float32 on AVX-512 CPUs, and half the memory of a bf16 copy) gives every
+   pair an *upper bound* on its score. The bound adds the worst case of the rounding of
+   both sides (Cauchy-Schwarz on the rounding errors), so it can never be below the
+   exact score;
+2. the pairs whose bound reaches the floor are rescored exactly in float32 from the
+   stored rows. No pair at or above the floor can be lost to quantisation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
 #: Banks smaller than this are searched with one float32 product (faster for them).
-BF16_FROM = 16_384
+PRESELECT_FROM = 16_384
 #: Exemplar rows per chunk, so the ``[rows, B]`` block stays in cache-friendly sizes.
-_CHUNK_ROWS = 32_768
-#: Bound on |bf16 dot - exact dot| for unit vectors: two roundings of unit roundoff 2^-8
-#: on products whose absolute values sum to at most 1, doubled for safety.
-BF16_MARGIN = 4 * 2.0 ** -8
+_CHUNK_ROWS = 8_192
+#: Pairs rescored per step: gathering more at once spills the caches and runs ~10x slower.
+_RESCORE_PAIRS = 2_048
+#: Rows quantised per step when the index is built.
+_BUILD_ROWS = 2_048
+#: Absolute slack on the bound for float32 rounding in the scaling arithmetic (~1e-7 each).
+_FP32_SLACK = 1e-4
+_INT8_MAX = 127
+
+
+@cache
+def int8_product_available() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm``)."""
+    try:
+        a = torch.ones((2, 8), dtype=torch.int8)
+        return bool(torch.equal(torch._int_mm(a, a.T.contiguous()), torch.full((2, 2), 8, dtype=torch.int32)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -35,22 +53,72 @@ class Match:
     score: float
 
 
+class _Int8Rows:
+    """Rows quantised to int8 with a scale each, plus what bounds their rounding error.
+
+    Row i is stored as ``x8 = round(x / r)`` with ``r = max|x| / 127``; ``y = x / r``.
+    For a query quantised as ``u = q / s``, ``q8 = round(u)``:
+    ``q.x = s r (q8.x8 + (u - q8).y + q8.(y - x8)) <= s r (q8.x8 + |u - q8| |y| + |q8| |y - x8|)``.
+    """
+
+    def __init__(self, rows: torch.Tensor):
+        n = rows.shape[0]
+        self.x8 = torch.empty(rows.shape, dtype=torch.int8)
+        self.scale = torch.empty(n)
+        self.norm = torch.empty(n)  # |y|
+        self.error = torch.empty(n)  # |y - x8|
+        # Small steps: a few MB of float32 at a time stays in cache and reuses its memory.
+        for start in range(0, n, _BUILD_ROWS):
+            y = rows[start:start + _BUILD_ROWS].float()
+            r = y.abs().amax(1).clamp_min_(torch.finfo(torch.float32).tiny).div_(_INT8_MAX)
+            y.div_(r[:, None])
+            x8 = y.round()
+            part = slice(start, start + y.shape[0])
+            self.x8[part], self.scale[part], self.norm[part] = x8, r, y.norm(dim=1)
+            self.error[part] = y.sub_(x8).norm(dim=1)
+
+    def candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, row) pairs whose score may reach ``floor``: a superset of those that do."""
+        s = q.abs().max().clamp_min(torch.finfo(torch.float32).tiny) / _INT8_MAX
+        u = q / s
+        q8 = u.round()
+        # One threshold per row, valid for every query of the batch, so that a row is
+        # dismissed by its largest product alone (cheap) and only survivors are looked at.
+        threshold = ((floor - _FP32_SLACK) / (s * self.scale)
+                     - (u - q8).norm(dim=1).max() * self.norm - q8.norm(dim=1).max() * self.error)
+        q8 = q8.to(torch.int8).T.contiguous()
+        parts = []
+        for start in range(0, self.x8.shape[0], _CHUNK_ROWS):
+            block = torch._int_mm(self.x8[start:start + _CHUNK_ROWS], q8)  # [rows, B] int32
+            bound = threshold[start:start + block.shape[0]]
+            rows = (block.amax(1) >= bound).nonzero().flatten()
+            if rows.numel():
+                ri, qi = (block[rows] >= bound[rows, None]).nonzero(as_tuple=True)
+                parts.append((qi, rows[ri] + start))
+        if not parts:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        qi, ei = (torch.cat(p) for p in zip(*parts))
+        return qi, ei
+
+
 class EmbeddingIndex:
     """Exemplar embeddings with the owner (character) of each row.
 
     Args:
         embeddings: ``[M, D]`` fp16 or fp32, L2-normalised rows.
         owner: ``[M]`` owner index of each row.
+        preselect_from: bank size from which the int8 pre-selection is used.
     """
 
-    def __init__(self, embeddings: torch.Tensor, owner: torch.Tensor):
+    def __init__(self, embeddings: torch.Tensor, owner: torch.Tensor, preselect_from: int = PRESELECT_FROM):
         if embeddings.ndim != 2 or owner.shape != (embeddings.shape[0],):
             raise ValueError(f"embeddings {tuple(embeddings.shape)} and owner {tuple(owner.shape)} do not fit")
         self.size, self.dim = embeddings.shape
         self.owner = owner.long()
         self._owners = int(self.owner.max()) + 1 if self.size else 0
         self._exact = embeddings
-        self._bf16 = embeddings.to(torch.bfloat16).contiguous() if self.size >= BF16_FROM else None
+        use_int8 = self.size >= preselect_from and int8_product_available()
+        self._int8 = _Int8Rows(embeddings) if use_int8 else None
 
     def search(self, queries: torch.Tensor, floor: float) -> list[list[Match]]:
         """For each query, the best exemplar of every owner scoring at least ``floor``.
@@ -63,24 +131,29 @@ class EmbeddingIndex:
             return [[] for _ in range(n)]
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the bank dimension {self.dim}")
-        if self._bf16 is None:
-            full = q @ self._exact.float().T
-            qi, ei = (full >= floor).nonzero(as_tuple=True)
-            return self._best_per_owner(n, qi, ei, full[qi, ei])
-        qi, ei = self._candidates(q, floor - BF16_MARGIN)
-        scores = (q[qi] * self._exact[ei].float()).sum(1)
+        if self._int8 is None:
+            return self._best_per_owner(n, *self._full_product(q, floor))
+        qi, ei = self._int8.candidates(q, floor)
+        scores = self._rescore(q, qi, ei)
         keep = scores >= floor
         return self._best_per_owner(n, qi[keep], ei[keep], scores[keep])
 
-    def _candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-        qb = q.to(torch.bfloat16).T.contiguous()
+    def _full_product(self, q: torch.Tensor, floor: float):
         parts = []
         for start in range(0, self.size, _CHUNK_ROWS):
-            block = self._bf16[start:start + _CHUNK_ROWS] @ qb  # [rows, B]
-            ei, qi = (block >= floor).nonzero(as_tuple=True)
-            parts.append((qi, ei + start))
-        qi, ei = (torch.cat(p) for p in zip(*parts))
-        return qi, ei
+            block = q @ self._exact[start:start + _CHUNK_ROWS].float().T  # [B, rows]
+            qi, ei = (block >= floor).nonzero(as_tuple=True)
+            parts.append((qi, ei + start, block[qi, ei]))
+        qi, ei, scores = (torch.cat(p) for p in zip(*parts))
+        return qi, ei, scores
+
+    def _rescore(self, q: torch.Tensor, qi: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
+        scores = torch.empty(qi.numel())
+        for start in range(0, qi.numel(), _RESCORE_PAIRS):
+            part = slice(start, start + _RESCORE_PAIRS)
+            rows = self._exact.index_select(0, ei[part]).float()
+            scores[part] = (q.index_select(0, qi[part]) * rows).sum(1)
+        return scores
 
     def _best_per_owner(self, n: int, qi, ei, scores) -> list[list[Match]]:
         out: list[list[Match]] = [[] for _ in range(n)]
