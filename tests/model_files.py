@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -130,6 +131,26 @@ def peft_tensors(weights, dtype=torch.float32) -> dict[str, torch.Tensor]:
     for name, (up, down) in weights.items():
         tensors[f"{peft_name[name]}.lora_B.weight"] = up.to(dtype).contiguous()
         tensors[f"{peft_name[name]}.lora_A.weight"] = down.to(dtype).contiguous()
+    return tensors
+
+
+def legacy_diffusers_tensors(weights, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """diffusers' pre-PEFT formats: attention projections held by attention processors
+    (``unet.save_attn_procs``, no component prefix), other UNet layers as LoRACompatible
+    layers (``….lora.down.weight``), the text encoder's patched layers (``lora_linear_layer``)."""
+    peft_name = {k: p for k, p, *_ in LAYERS + [CONV]}
+    tensors = {}
+    for name, (up, down) in weights.items():
+        layer = peft_name[name]
+        attention = re.match(r"unet\.(.+\.attn[12])\.(to_q|to_k|to_v|to_out)(?:\.0)?$", layer)
+        if attention:
+            stem = f"{attention.group(1)}.processor.{attention.group(2)}_lora"
+        elif layer.startswith("text_encoder."):
+            stem = f"{layer}.lora_linear_layer"
+        else:
+            stem = f"{layer}.lora"
+        tensors[f"{stem}.up.weight"] = up.to(dtype).contiguous()
+        tensors[f"{stem}.down.weight"] = down.to(dtype).contiguous()
     return tensors
 
 

@@ -199,6 +199,16 @@ def test_base_model_from_the_cross_attention_width_in_either_naming(tmp_path, wi
     assert inspect_model(path).base_model == family
 
 
+def test_diffusers_pre_peft_lora_matches_its_kohya_twin(tmp_path):
+    w = mf.lora_weights(9, conv=True)
+    kohya = inspect_model(mf.write(tmp_path / "kohya.safetensors", mf.kohya_tensors(w)))
+    legacy = inspect_model(mf.write(tmp_path / "pytorch_lora_weights.safetensors", mf.legacy_diffusers_tensors(w)))
+    assert (kohya.format, legacy.format) == ("kohya-locon", "diffusers-lora")
+    assert legacy.base_model == kohya.base_model == "sd1"
+    assert len(legacy.fingerprint.layers) == len(w)
+    assert kohya.fingerprint.similarity(legacy.fingerprint) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_sdxl_lora_in_kohya_naming_matches_its_diffusers_conversion(tmp_path):
     g = torch.Generator().manual_seed(5)
     weights = {names: (torch.randn(40, 4, generator=g), torch.randn(4, 24, generator=g)) for names in mf.SDXL_LAYERS}
@@ -223,6 +233,7 @@ def test_fingerprint_survives_cosmetic_changes_and_tells_loras_apart(tmp_path):
     same = {
         "stripped+bf16": mf.write(tmp_path / "b.safetensors", mf.kohya_tensors(w, dtype=torch.bfloat16)),
         "peft fp32": mf.write(tmp_path / "c.safetensors", mf.peft_tensors(w)),
+        "diffusers pre-PEFT": mf.write(tmp_path / "g.safetensors", mf.legacy_diffusers_tensors(w)),
         "alpha x4": mf.write(tmp_path / "d.safetensors", mf.kohya_tensors(
             {k: (u * 2, d * 2) for k, (u, d) in w.items()}, alpha=0.5)),
         "noise 1%": mf.write(tmp_path / "e.safetensors", mf.kohya_tensors(

@@ -2,6 +2,7 @@
 
 A fingerprint is what stays when everything cosmetic changes: it is computed from each
 adapted layer's effective update ΔW (kohya ``lora_down/lora_up/alpha``, PEFT ``lora_A/lora_B``,
+diffusers' pre-PEFT ``…processor.to_q_lora.down``/``….lora.down``,
 LyCORIS LoHa ``(w1a@w1b)⊙(w2a@w2b)``, LoKr Kronecker, full ``diff``), under a layer name
 normalised across naming families, and sketched to ``K×K`` numbers with random projections
 seeded by the layer's shape: ``S = R_outᵀ ΔW R_in`` (for low-rank layers
@@ -46,7 +47,13 @@ _PARTS = {
     "lokr_w1": "k1", "lokr_w1_a": "k1a", "lokr_w1_b": "k1b", "lokr_w2": "k2", "lokr_w2_a": "k2a",
     "lokr_w2_b": "k2b", "diff": "diff", "dora_scale": "dora", "lora_magnitude_vector": "dora",
     "lora_magnitude_vector.default_0": "dora",
+    # diffusers before PEFT (0.14-0.24): LoRACompatibleLinear/Conv, and the text encoder's patched layers
+    "lora.down.weight": "down", "lora.up.weight": "up",
+    "lora_linear_layer.down.weight": "down", "lora_linear_layer.up.weight": "up",
 }
+#: diffusers' first LoRA format (``unet.save_attn_procs``): the adapted projection is named
+#: by the attention processor that held it, ``….attn1.processor.to_q_lora.down.weight``.
+_ATTN_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 _SUFFIX = re.compile("|".join(re.escape("." + s) + "$" for s in sorted(_PARTS, key=len, reverse=True)))
 
 
@@ -163,6 +170,9 @@ def split_fused(infos: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def split_key(key: str) -> tuple[str, str] | None:
     """``(layer prefix, part)`` for a LoRA-family tensor key, else ``None``."""
+    if m := _ATTN_PROCESSOR.search(key):
+        projection = "to_out.0" if m.group(1) == "to_out" else m.group(1)
+        return f"{key[:m.start()]}.{projection}", m.group(2)
     m = _SUFFIX.search(key)
     if not m:
         return None

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .hashes import PREADV, FileHashes, HashJob, hash_buffer
-from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers, split_fused
+from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers, layer_part, split_fused
 from .pickle_scan import PickleReport, scan_file
 from .safetensors_header import (MalformedModel, SafetensorsHeader, declared_length, open_regular, parse_header,
                                  read_header)
@@ -145,7 +145,7 @@ def _parse_header(report: ModelReport, parse: Callable[[], SafetensorsHeader]) \
 
 
 def _wants_fingerprint(report: ModelReport, want_fp: bool, size: int) -> bool:
-    lora_like = report.format.startswith(("kohya", "peft", "lycoris", "dora"))
+    lora_like = report.format.startswith(("kohya", "peft", "diffusers", "lycoris", "dora"))
     return want_fp and lora_like and size <= MAX_FINGERPRINT_BYTES
 
 
@@ -201,6 +201,9 @@ def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool, bla
 
 
 # Identification --------------------------------------------------------------------------------
+_PRE_PEFT_DOWN = ("_lora.down.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
+
+
 def identify(header: SafetensorsHeader, layers: Mapping[str, Mapping[str, str]] | None = None) \
         -> tuple[str, str | None]:
     """(format, base-model family) from key names, shapes and training metadata.
@@ -223,6 +226,8 @@ def identify(header: SafetensorsHeader, layers: Mapping[str, Mapping[str, str]] 
             fmt = "dora"
         elif any(".lora_A" in key for key in downs):
             fmt = "peft-lora"
+        elif any(key.endswith(_PRE_PEFT_DOWN) for key in downs):
+            fmt = "diffusers-lora"  # diffusers' own formats before it moved to PEFT
         elif any(len(shape := tensors[key].shape) == 4 and shape[2] > 1 for key in downs):
             fmt = "kohya-locon"
         else:
@@ -260,8 +265,9 @@ def _base_model(header: SafetensorsHeader) -> str | None:
             return family
     # The UNet's cross-attention context width names its family whatever the layer naming.
     for key, info in header.tensors.items():
-        if ("attn2_to_k.lora_down" in key or "attn2.to_k.lora_A" in key) and len(info.shape) == 2:
-            if info.shape[-1] in _CROSS_ATTENTION_WIDTH:
+        if "to_k" in key and len(info.shape) == 2 and layer_part(key) is not None:
+            layer, part = layer_part(key)
+            if part == "down" and layer.endswith("attn2_to_k") and info.shape[-1] in _CROSS_ATTENTION_WIDTH:
                 return _CROSS_ATTENTION_WIDTH[info.shape[-1]]
     for needle, family in _FAMILY_FROM_KEYS:
         if needle in keys:
