@@ -125,7 +125,10 @@ def _prepare_chunk(prepare: Callable, images: Sequence[ImageInput], chunk: range
 
 
 def _prefetched(chunks, prepare, forward, dim):
-    if not chunks:
+    if len(chunks) <= 1:  # nothing to overlap (a generation server's usual call): no thread to start
+        for chunk in chunks:
+            idx, batch, failures, infos = prepare(chunk)
+            yield idx, forward(batch) if batch is not None else torch.empty((0, dim)), failures, infos
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-prefetch") as pool:
         pending = pool.submit(prepare, chunks[0])
