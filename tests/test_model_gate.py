@@ -209,6 +209,29 @@ def test_diffusers_pre_peft_lora_matches_its_kohya_twin(tmp_path):
     assert kohya.fingerprint.similarity(legacy.fingerprint) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_locon_with_a_tucker_core_matches_the_same_update_without_one(tmp_path):
+    g = torch.Generator().manual_seed(11)
+    name, r = mf.CONV[0], 4
+    up, mid, down = (torch.randn(32, r, 1, 1, generator=g), torch.randn(r, r, 3, 3, generator=g),
+                     torch.randn(r, 32, 1, 1, generator=g))
+    tucker = {f"{name}.lora_up.weight": up, f"{name}.lora_mid.weight": mid, f"{name}.lora_down.weight": down,
+              f"{name}.alpha": torch.tensor(2.0)}
+    # The same ΔW written as plain LoCon: the core folded into a 3x3 down convolution.
+    folded = {f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": torch.einsum("abhw,bi->aihw", mid, down[:, :, 0, 0]).contiguous(),
+              f"{name}.alpha": torch.tensor(2.0)}
+    delta = (up.flatten(1) @ folded[f"{name}.lora_down.weight"].flatten(1)).reshape(32, 32, 3, 3)
+    full = {f"{name}.diff": delta}
+    a, b, c = (inspect_model(mf.write(tmp_path / f"{n}.safetensors", t)).fingerprint
+               for n, t in (("tucker", tucker), ("folded", folded), ("full", full)))
+    assert len(a.layers) == 1
+    assert a.similarity(b) == pytest.approx(1.0, abs=1e-4)
+    assert a.similarity(c) == pytest.approx(1.0, abs=1e-4)
+    # Without the core (what was read before), the update is another one.
+    plain = {k: v for k, v in tucker.items() if "lora_mid" not in k}
+    plain[f"{name}.lora_down.weight"] = down
+    assert a.similarity(inspect_model(mf.write(tmp_path / "plain.safetensors", plain)).fingerprint) < 0.5
+
+
 def test_sdxl_lora_in_kohya_naming_matches_its_diffusers_conversion(tmp_path):
     g = torch.Generator().manual_seed(5)
     weights = {names: (torch.randn(40, 4, generator=g), torch.randn(4, 24, generator=g)) for names in mf.SDXL_LAYERS}

@@ -1,7 +1,8 @@
 """LoRA structure: naming families, effective weight deltas, and weight fingerprints.
 
 A fingerprint is what stays when everything cosmetic changes: it is computed from each
-adapted layer's effective update ΔW (kohya ``lora_down/lora_up/alpha``, PEFT ``lora_A/lora_B``,
+adapted layer's effective update ΔW (kohya ``lora_down/lora_up/alpha``, LyCORIS LoCon with a
+Tucker core ``lora_mid``, PEFT ``lora_A/lora_B``,
 diffusers' pre-PEFT ``…processor.to_q_lora.down``/``….lora.down``,
 LyCORIS LoHa ``(w1a@w1b)⊙(w2a@w2b)``, LoKr Kronecker, full ``diff``), under a layer name
 normalised across naming families, and sketched to ``K×K`` numbers with random projections
@@ -41,7 +42,7 @@ _PREFIXES = [  # naming family prefix -> canonical prefix
     ("text_encoder_2.", "text_encoder_2."), ("text_encoder.", "text_encoder."), ("transformer.", "transformer."),
 ]
 _PARTS = {
-    "lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down", "lora_B.weight": "up",
+    "lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "lora_A.weight": "down", "lora_B.weight": "up",
     "lora_A.default.weight": "down", "lora_B.default.weight": "up", "alpha": "alpha",
     "hada_w1_a": "w1a", "hada_w1_b": "w1b", "hada_w2_a": "w2a", "hada_w2_b": "w2b",
     "lokr_w1": "k1", "lokr_w1_a": "k1a", "lokr_w1_b": "k1b", "lokr_w2": "k2", "lokr_w2_a": "k2a",
@@ -211,6 +212,13 @@ def delta_sketch(name: str, parts: Mapping[str, np.ndarray]) -> np.ndarray | Non
     Alpha and rank only scale ΔW, so they drop out with the normalisation.
     """
     p = {k: np.asarray(v, dtype=np.float32) for k, v in parts.items()}
+    if "mid" in p and "down" in p:
+        # LyCORIS LoCon with Tucker: 1x1 down, [r, r, k, k] core, 1x1 up. The core folds into
+        # down exactly (a 1x1 convolution, then a kxk one, is one kxk convolution).
+        mid, down = p["mid"], p["down"].reshape(p["down"].shape[0], -1)
+        if mid.ndim != 4 or mid.shape[1] != down.shape[0]:
+            return None
+        p["down"] = np.einsum("abhw,bi->aihw", mid, down)
     if "up" in p and "down" in p:
         up, down = p["up"].reshape(p["up"].shape[0], -1), p["down"].reshape(p["down"].shape[0], -1)
         if up.shape[1] != down.shape[0]:
