@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import torch
+
 from . import __version__
 from .bank import Bank, Character
 from .encoders import encoder_label, encoder_name, load_encoder
@@ -38,6 +40,7 @@ from .verdict import Action, Finding, Signal, Surface, Verdict, format_finding
 log = logging.getLogger("guard")
 
 IMAGE_SURFACES = (Surface.TRAINING_IMAGE, Surface.GENERATED_IMAGE, Surface.COVER_IMAGE)
+NON_FINITE = "the encoder returned NaN or infinite values for this image (an fp16 overflow?): not checked"
 
 
 class Guard:
@@ -160,6 +163,11 @@ class Guard:
             for idx, emb, failures, infos in self.encoder.iter_image_batches(images, extract=extract):
                 for i, reason in failures.items():
                     verdicts[i] = format_finding(names[i], surface, reason)
+                finite = torch.isfinite(emb).all(1)
+                if not finite.all():  # an image the encoder cannot represent is no reason to allow it
+                    for i in (i for i, ok in zip(idx, finite.tolist()) if not ok):
+                        verdicts[i] = Verdict(names[i], surface, error=NON_FINITE, error_action=self.policy.error_action)
+                    idx, emb = [i for i, ok in zip(idx, finite.tolist()) if ok], emb[finite]
                 for i, matches in zip(idx, self._image_index.search(emb, floor)):
                     findings = self._image_findings(matches, surface, account, infos[i]["sha256"])
                     findings += self._pdq_findings(infos[i].get("pdq"), surface)

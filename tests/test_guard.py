@@ -76,6 +76,26 @@ def test_guard_failure_follows_the_fail_mode(bank_file, encoder):
         assert v.error and "out of memory" in v.error and v.action is action
 
 
+def test_an_image_the_encoder_overflows_on_follows_the_fail_mode(bank_file, encoder):
+    class OverflowingForward:
+        """The real encoder, but the second image of a batch comes out as NaN (fp16 overflow)."""
+
+        def __init__(self, inner):
+            self.inner, self.name, self.label, self.dim = inner, inner.name, inner.label, inner.dim
+
+        def iter_image_batches(self, images, **options):
+            for idx, emb, failures, infos in self.inner.iter_image_batches(images, **options):
+                emb = emb.clone()
+                emb[1] = float("nan")
+                yield idx, emb, failures, infos
+
+    g = Guard(Bank.load(bank_file), Policy.load(), OverflowingForward(encoder))
+    ref, other = DEMO_REFS / "ultraman" / "pose1.png", DEMO_UPLOADS / "unrelated_1.png"
+    checked, nan, last = g.check_images([ref, other, ref])
+    assert checked.action is last.action is Action.BLOCK and checked.findings[0].subject == "ultraman"
+    assert nan.action is Action.BLOCK and "NaN" in nan.error  # fail closed, not "no match"
+
+
 @pytest.mark.parametrize("prompt, character, alias", [
     ("ultraman fighting a kaiju at night", "ultraman", "Ultraman"),
     ("Poster of ULTRAMAN TIGA, dramatic light", "ultraman", "Ultraman Tiga"),

@@ -110,6 +110,13 @@ def test_empty_bank_and_empty_queries():
     assert idx.search(torch.empty((0, 8)), 0.5) == []
 
 
+def test_non_finite_queries_are_refused():
+    q = unit(2, 8, 1)
+    q[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        EmbeddingIndex(unit(4, 8, 0), torch.arange(4)).search(q, 0.5)
+
+
 def test_dimension_mismatch_is_named():
     with pytest.raises(ValueError, match="dimension 16"):
         EmbeddingIndex(unit(4, 8, 0), torch.arange(4)).search(unit(1, 16, 0), 0.5)

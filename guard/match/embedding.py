@@ -131,6 +131,8 @@ class EmbeddingIndex:
             return [[] for _ in range(n)]
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the bank dimension {self.dim}")
+        if not torch.isfinite(q).all():  # NaN compares false with every floor: it would match nothing
+            raise ValueError("a query embedding holds NaN or infinite values (an fp16 overflow in the encoder?)")
         if self._int8 is None:
             return self._best_per_owner(n, *self._full_product(q, floor))
         qi, ei = self._int8.candidates(q, floor)
