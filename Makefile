@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,hashes,diffusers]'
+	$(BIN)/pip install -q -e '.[test,hashes,diffusers,server]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger-words", nargs="*", default=[], help="trigger words declared with the upload")
     p.set_defaults(run=cmd_scan)
 
+    p = groups.add_parser("serve", parents=[common], help="answer checks over HTTP (needs the [server] extra)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="a folder whose files the …/path routes may read (repeatable; default: none)")
+    p.add_argument("--max-model-mb", type=int, help="largest model upload, in MiB (default: 16 GiB)")
+    p.set_defaults(run=cmd_serve)
+
     p = groups.add_parser("convert", parents=[common], help="convert a pickle checkpoint that passes the gate "
                                                            "to safetensors")
     p.add_argument("file")
@@ -290,6 +298,20 @@ def cmd_scan(args) -> int:
     if not args.json:
         output.print_scan_summary(verdicts)
     return output.exit_code(verdicts)
+
+
+def cmd_serve(args) -> int:
+    try:
+        from ..service import serve
+    except ImportError as exc:
+        raise ConfigError(f"guard serve needs the server extra ({exc.name} is missing): "
+                          "pip install 'diffusion-guard[server]'") from None
+    for folder in args.allow_path:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--allow-path {folder}: not a folder")
+    limits = {"max_model_bytes": args.max_model_mb << 20} if args.max_model_mb else {}
+    serve(_guard(args), args.host, args.port, allow_paths=args.allow_path, **limits)
+    return EXIT_OK
 
 
 def _takedowns(args):

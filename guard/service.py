@@ -1,0 +1,199 @@
+"""The guard as an HTTP service, for upload pipelines that are not written in Python.
+
+    pip install 'diffusion-guard[server]'
+    guard serve --bank BANK --state STATE [--port 8080] [--allow-path /srv/uploads]
+
+Every route calls the one `Guard` and answers with the verdict contract's JSON (DESIGN.md).
+The HTTP status says whether the *request* worked (200; 400 a bad request; 403 a path the
+service may not read; 413 too large), never what was decided: read ``action`` (also in the
+``X-Guard-Action`` header). Routes:
+
+- ``GET /healthz``: the versions every verdict is stamped with;
+- ``POST /v1/prompt``: ``{"text", "negative"?, "account"?}``;
+- ``POST /v1/images``: ``{"images": [{"data": base64, "name"?}], "surface"?, "account"?}``;
+- ``POST /v1/image?surface=&account=&name=``: the image's bytes as the body;
+- ``POST /v1/model?account=&name=&trigger_words=&metadata_only=``: a model file's bytes as
+  the body, streamed to a temporary file (never held in memory, never unpickled);
+- ``POST /v1/model/path``, ``/v1/dataset/path``, ``/v1/publication/path``: ``{"path",
+  "account"?}`` for files the pipeline already stored, only below ``--allow-path`` folders.
+
+Checks run on a worker thread each, so one slow model file does not hold up prompts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from .facade import Guard
+from .verdict import Action, Verdict
+
+#: Largest model file accepted as a request body (a full SDXL checkpoint is ~7 GB).
+MAX_MODEL_BYTES = 16 << 30
+#: Largest image body, and largest JSON body of images (base64 makes them a third larger).
+MAX_IMAGE_BYTES = 64 << 20
+MAX_IMAGES = 256
+
+
+def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (),
+               max_model_bytes: int = MAX_MODEL_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES) -> FastAPI:
+    """The service around ``guard``. ``allow_paths``: folders the ``…/path`` routes may read."""
+    roots = [Path(p).resolve() for p in allow_paths]
+    app = FastAPI(title="diffusion-guard", version=guard.versions["guard"])
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "versions": guard.versions}
+
+    @app.post("/v1/prompt")
+    async def prompt(request: Request) -> JSONResponse:
+        body = await _json(request, max_image_bytes)
+        text = _field(body, "text", str)
+        verdict = await run_in_threadpool(guard.check_prompt, text, negative=_field(body, "negative", str, None),
+                                          account=_field(body, "account", str, None))
+        return _answer(verdict)
+
+    @app.post("/v1/images")
+    async def images(request: Request) -> JSONResponse:
+        body = await _json(request, max_image_bytes * 4 // 3 + 4096)
+        items = _field(body, "images", list)
+        if not 0 < len(items) <= MAX_IMAGES:
+            raise HTTPException(400, f"'images' must hold 1 to {MAX_IMAGES} items")
+        data, names = [], []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise HTTPException(400, f"images[{i}] must be an object with 'data'")
+            try:
+                data.append(base64.b64decode(_field(item, "data", str), validate=True))
+            except (binascii.Error, ValueError):
+                raise HTTPException(400, f"images[{i}].data is not base64") from None
+            names.append(_field(item, "name", str, f"image[{i}]"))
+        verdicts = await _check_images(guard, data, names, body.get("surface", "generated_image"),
+                                       _field(body, "account", str, None))
+        strongest = Action.strongest(v.action for v in verdicts)
+        return JSONResponse({"action": strongest.value, "verdicts": [v.to_dict() for v in verdicts]},
+                            headers={"X-Guard-Action": strongest.value})
+
+    @app.post("/v1/image")
+    async def image(request: Request, surface: str = "generated_image", account: str | None = None,
+                    name: str = "image") -> JSONResponse:
+        data = await _body(request, max_image_bytes)
+        [verdict] = await _check_images(guard, [data], [name], surface, account)
+        return _answer(verdict)
+
+    @app.post("/v1/model")
+    async def model(request: Request, account: str | None = None, name: str = "upload",
+                    trigger_words: str = "", metadata_only: bool = False) -> JSONResponse:
+        with tempfile.TemporaryDirectory(prefix="guard-upload-") as tmp:
+            path = Path(tmp) / "model"
+            await _stream_to(request, path, max_model_bytes)
+            verdict = await run_in_threadpool(
+                guard.check_model_file, path, account=account, subject=name, metadata_only=metadata_only,
+                trigger_words=[w.strip() for w in trigger_words.split(",") if w.strip()])
+        return _answer(verdict)
+
+    @app.post("/v1/model/path")
+    async def model_path(request: Request) -> JSONResponse:
+        body = await _json(request, 1 << 20)
+        path = _allowed(roots, _field(body, "path", str))
+        words = _field(body, "trigger_words", list, [])
+        verdict = await run_in_threadpool(guard.check_model_file, path, account=_field(body, "account", str, None),
+                                          trigger_words=[str(w) for w in words],
+                                          metadata_only=bool(body.get("metadata_only", False)))
+        return _answer(verdict)
+
+    @app.post("/v1/dataset/path")
+    async def dataset_path(request: Request) -> JSONResponse:
+        body = await _json(request, 1 << 20)
+        path = _allowed(roots, _field(body, "path", str))
+        verdict, _ = await run_in_threadpool(guard.check_dataset, path, _field(body, "account", str, None))
+        return _answer(verdict)
+
+    @app.post("/v1/publication/path")
+    async def publication_path(request: Request) -> JSONResponse:
+        body = await _json(request, 1 << 20)
+        path = _allowed(roots, _field(body, "path", str))
+        verdict = await run_in_threadpool(guard.check_publication, path, _field(body, "account", str, None))
+        return _answer(verdict)
+
+    return app
+
+
+def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8080, **options: Any) -> None:
+    """Run the service until interrupted (uvicorn, one process: the guard's models load once)."""
+    import uvicorn
+
+    uvicorn.run(create_app(guard, **options), host=host, port=port, log_level="info")
+
+
+# Helpers -------------------------------------------------------------------------------------
+async def _check_images(guard: Guard, data: list[bytes], names: list[str], surface: Any,
+                        account: Any) -> list[Verdict]:
+    if not isinstance(surface, str) or (account is not None and not isinstance(account, str)):
+        raise HTTPException(400, "'surface' and 'account' must be strings")
+    try:
+        return await run_in_threadpool(guard.check_images, data, surface=surface, account=account, subjects=names)
+    except ValueError as exc:  # a surface that is not an image surface
+        raise HTTPException(400, str(exc)) from None
+
+
+def _answer(verdict: Verdict) -> JSONResponse:
+    return JSONResponse(verdict.to_dict(), headers={"X-Guard-Action": verdict.action.value})
+
+
+def _field(body: dict, key: str, kind: type, default: Any = ...) -> Any:
+    value = body.get(key, default)
+    if value is ...:
+        raise HTTPException(400, f"'{key}' is required")
+    if value is not default and not isinstance(value, kind):
+        raise HTTPException(400, f"'{key}' must be a {kind.__name__}")
+    return value
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json(request: Request, limit: int) -> dict:
+    try:
+        body = json.loads(await _body(request, limit))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the body must be a JSON object")
+    return body
+
+
+async def _stream_to(request: Request, path: Path, limit: int) -> None:
+    size = 0
+    with open(path, "wb") as fh:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"model file over {limit} bytes")
+            fh.write(chunk)
+
+
+def _allowed(roots: Sequence[Path], raw: str) -> Path:
+    """``raw`` resolved (links followed), if it lies below one of ``roots``."""
+    if not roots:
+        raise HTTPException(403, "this service reads no paths (start it with --allow-path DIR)")
+    path = Path(raw).resolve()
+    if not any(path.is_relative_to(root) for root in roots):
+        raise HTTPException(403, f"{raw} is outside the folders this service may read")
+    return path

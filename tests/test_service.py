@@ -1,0 +1,199 @@
+"""The HTTP service: a real uvicorn server on loopback, called over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from guard import Bank, Guard, Policy
+from guard.service import create_app
+
+from . import model_files as mf
+from .conftest import DEMO_REFS, DEMO_UPLOADS
+
+
+class Service:
+    """The app served by uvicorn on 127.0.0.1 (a free port) in a thread, and a tiny client."""
+
+    def __init__(self, app):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def call(self, route: str, body: bytes | dict | None = None, **query) -> tuple[int, dict, dict]:
+        """(status, JSON answer, headers)."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        url = self.url + route + ("?" + urllib.parse.urlencode(query) if query else "")
+        request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read()), dict(answer.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture()
+def served(bank_file, encoder, tmp_path):
+    """(service, guard, allowed folder): a guard with a state folder, paths readable below one folder."""
+    allowed = tmp_path / "uploads"
+    allowed.mkdir()
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder, state=tmp_path / "state")
+    service = Service(create_app(guard, allow_paths=[allowed], max_model_bytes=1 << 20))
+    yield service, guard, allowed
+    service.stop()
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_health_names_the_versions_every_verdict_carries(served):
+    service, guard, _ = served
+    status, body, _ = service.call("/healthz")
+    assert status == 200 and body["versions"] == guard.versions
+    assert body["versions"]["bank"] == guard.bank.digest
+
+
+def test_prompts(served):
+    service, _, _ = served
+    status, verdict, headers = service.call("/v1/prompt", {"text": "奥特曼大战怪兽", "account": "alice"})
+    assert status == 200 and verdict["action"] == "block" and headers["x-guard-action"] == "block"
+    assert verdict["findings"][0]["subject"] == "ultraman"
+    status, verdict, _ = service.call("/v1/prompt", {"text": "a lighthouse at dusk"})
+    assert (status, verdict["action"], verdict["findings"]) == (200, "allow", [])
+
+
+def test_images_in_one_request_each_get_a_verdict(served):
+    service, _, _ = served
+    images = [{"data": b64(DEMO_REFS / "ultraman" / "pose1.png"), "name": "cover.png"},
+              {"data": b64(DEMO_UPLOADS / "truncated_upload.jpg")}]
+    status, body, headers = service.call("/v1/images", {"images": images, "surface": "cover_image"})
+    assert status == 200 and body["action"] == "block" == headers["x-guard-action"]
+    cover, truncated = body["verdicts"]
+    assert (cover["subject"], cover["surface"], cover["action"]) == ("cover.png", "cover_image", "block")
+    assert cover["findings"][0]["subject"] == "ultraman" and cover["findings"][0]["signal"] == "clip_image"
+    assert truncated["subject"] == "image[1]" and truncated["findings"][0]["signal"] == "format"
+
+
+def test_one_image_as_the_body(served):
+    service, _, _ = served
+    status, verdict, _ = service.call("/v1/image", (DEMO_UPLOADS / "exact_ultraman_reference.png").read_bytes(),
+                                      surface="generated_image", name="gen-1")
+    assert status == 200 and verdict["subject"] == "gen-1" and verdict["action"] == "block"
+
+
+@pytest.mark.parametrize("route, body, status, says", [
+    ("/v1/prompt", b"not json", 400, "not JSON"),
+    ("/v1/prompt", {"negative": "x"}, 400, "'text' is required"),
+    ("/v1/prompt", {"text": 3}, 400, "'text' must be a str"),
+    ("/v1/images", {"images": [{"data": "%%%"}]}, 400, "not base64"),
+    ("/v1/images", {"images": []}, 400, "1 to 256"),
+    ("/v1/images", {"images": [{"data": ""}], "surface": "prompt"}, 400, "does not apply"),
+])
+def test_bad_requests_are_named(served, route, body, status, says):
+    service, _, _ = served
+    got, answer, _ = service.call(route, body)
+    assert got == status and says in answer["detail"]
+
+
+def test_model_upload_is_checked_from_a_temporary_file(served, tmp_path):
+    service, _, _ = served
+    lora = mf.write(tmp_path / "hero.safetensors", mf.kohya_tensors(mf.lora_weights(1)), mf.kohya_metadata())
+    status, verdict, _ = service.call("/v1/model", lora.read_bytes(), name="hero.safetensors", account="bob")
+    assert status == 200 and verdict["subject"] == "hero.safetensors" and verdict["action"] == "block"
+    assert {f["signal"] for f in verdict["findings"]} >= {"metadata"}
+    assert verdict["facts"]["format"] == "kohya-lora" and len(verdict["facts"]["sha256"]) == 64
+    pickle = (Path(__file__).parent.parent / "examples" / "demo_models" / "totally_safe_model.ckpt").read_bytes()
+    status, verdict, _ = service.call("/v1/model", pickle, name="totally_safe_model.ckpt")
+    assert status == 200 and verdict["action"] == "block"
+    assert any(f["signal"] == "pickle" for f in verdict["findings"])
+
+
+def test_model_upload_over_the_limit_is_refused_and_nothing_is_left(served):
+    service, _, _ = served
+    before = set(Path(__import__("tempfile").gettempdir()).glob("guard-upload-*"))
+    status, answer, _ = service.call("/v1/model", b"\0" * ((1 << 20) + 1))
+    assert status == 413 and "over 1048576 bytes" in answer["detail"]
+    assert set(Path(__import__("tempfile").gettempdir()).glob("guard-upload-*")) == before
+
+
+def test_path_routes_read_only_below_the_allowed_folders(served, bank_file, encoder, tmp_path):
+    service, _, allowed = served
+    lora = mf.write(allowed / "hero.safetensors", mf.kohya_tensors(mf.lora_weights(1)), mf.kohya_metadata())
+    status, verdict, _ = service.call("/v1/model/path", {"path": str(lora), "account": "bob"})
+    assert status == 200 and verdict["action"] == "block"
+    outside = mf.write(tmp_path / "outside.safetensors", mf.kohya_tensors(mf.lora_weights(2)))
+    (allowed / "link.safetensors").symlink_to(outside)
+    for path in (outside, allowed / ".." / "outside.safetensors", allowed / "link.safetensors"):
+        status, answer, _ = service.call("/v1/model/path", {"path": str(path)})
+        assert status == 403 and "outside the folders" in answer["detail"], path
+    closed = Service(create_app(Guard(Bank.load(bank_file), Policy.load(), encoder)))
+    try:
+        status, answer, _ = closed.call("/v1/model/path", {"path": str(lora)})
+        assert status == 403 and "--allow-path" in answer["detail"]
+    finally:
+        closed.stop()
+
+
+def test_concurrent_requests_are_all_answered_and_recorded_once(served):
+    service, guard, _ = served
+    texts = [f"ultraman poster number {i}" if i % 2 else f"a quiet harbour, study {i}" for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda t: service.call("/v1/prompt", {"text": t}), texts))
+    assert [a[1]["action"] for a in answers] == ["allow", "block"] * 12
+    result = guard.audit.verify()
+    assert result.ok and result.rows == 24
+
+
+def test_guard_serve_command(bank_file, tmp_path):
+    """`guard serve` as an operator starts it: it answers on the port it was given, and stops on SIGTERM."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--bank", str(bank_file),
+                             "--port", str(port), "--allow-path", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.monotonic() + 120, None
+        while answer is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    answer = json.loads(r.read())
+            except OSError:
+                time.sleep(0.2)
+        assert answer["status"] == "ok" and answer["versions"]["encoder"].startswith("tiny-test")
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert "Traceback" not in stderr
+
+
+def test_guard_serve_refuses_an_allowed_path_that_is_no_folder(bank_file, tmp_path, capsys):
+    from guard.cli import main
+
+    assert main(["serve", "--bank", str(bank_file), "--allow-path", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
