@@ -68,15 +68,6 @@ FLUX_LAYERS = {
 }
 
 
-def flux_weights(seed: int, rank: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per kohya Flux layer: (up [rows, r], down [r, in])."""
-    g = torch.Generator().manual_seed(seed)
-    width = {"lora_unet_single_blocks_0_linear2": 5 * FLUX_H}
-    return {name: (torch.randn(sum(s for _, s in parts) * FLUX_H, rank, generator=g) * 0.02,
-                   torch.randn(rank, width.get(name, FLUX_H), generator=g) * 0.1)
-            for name, parts in FLUX_LAYERS.items()}
-
-
 FLUX_ORIGINAL = {  # kohya name -> the original module path (ComfyUI's LoRA keys)
     "lora_unet_double_blocks_0_img_attn_qkv": "double_blocks.0.img_attn.qkv",
     "lora_unet_double_blocks_0_txt_attn_qkv": "double_blocks.0.txt_attn.qkv",
@@ -87,18 +78,51 @@ FLUX_ORIGINAL = {  # kohya name -> the original module path (ComfyUI's LoRA keys
     "lora_unet_single_blocks_0_linear2": "single_blocks.0.linear2",
 }
 
+# SD3's original (MMDiT) layout, as kohya names it: q, k, v fused per attention. SD3.5 adds attn2.
+SD3_LAYERS = {
+    "lora_unet_joint_blocks_0_x_block_attn_qkv": (
+        ("transformer.transformer_blocks.0.attn.to_q", 1), ("transformer.transformer_blocks.0.attn.to_k", 1),
+        ("transformer.transformer_blocks.0.attn.to_v", 1)),
+    "lora_unet_joint_blocks_0_context_block_attn_qkv": (
+        ("transformer.transformer_blocks.0.attn.add_q_proj", 1), ("transformer.transformer_blocks.0.attn.add_k_proj", 1),
+        ("transformer.transformer_blocks.0.attn.add_v_proj", 1)),
+    "lora_unet_joint_blocks_1_x_block_attn2_qkv": (
+        ("transformer.transformer_blocks.1.attn2.to_q", 1), ("transformer.transformer_blocks.1.attn2.to_k", 1),
+        ("transformer.transformer_blocks.1.attn2.to_v", 1)),
+    "lora_unet_joint_blocks_0_x_block_attn_proj": (("transformer.transformer_blocks.0.attn.to_out.0", 1),),
+    "lora_unet_joint_blocks_0_context_block_attn_proj": (("transformer.transformer_blocks.0.attn.to_add_out", 1),),
+    "lora_unet_joint_blocks_1_x_block_attn2_proj": (("transformer.transformer_blocks.1.attn2.to_out.0", 1),),
+    "lora_unet_joint_blocks_0_x_block_mlp_fc1": (("transformer.transformer_blocks.0.ff.net.0.proj", 4),),
+    "lora_unet_joint_blocks_0_context_block_mlp_fc2": (("transformer.transformer_blocks.0.ff_context.net.2", 1),),
+    "lora_unet_joint_blocks_0_x_block_adaLN_modulation_1": (("transformer.transformer_blocks.0.norm1.linear", 6),),
+    "lora_unet_joint_blocks_0_context_block_adaLN_modulation_1": (
+        ("transformer.transformer_blocks.0.norm1_context.linear", 6),),
+}
+
+
+def fused_weights(layers, seed: int, rank: int = 4, width: dict[str, int] | None = None):
+    """Per kohya layer of a fused layout (`FLUX_LAYERS`, `SD3_LAYERS`): (up [rows, r], down [r, in])."""
+    g = torch.Generator().manual_seed(seed)
+    return {name: (torch.randn(sum(s for _, s in parts) * FLUX_H, rank, generator=g) * 0.02,
+                   torch.randn(rank, (width or {}).get(name, FLUX_H), generator=g) * 0.1)
+            for name, parts in layers.items()}
+
+
+def flux_weights(seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return fused_weights(FLUX_LAYERS, seed, width={"lora_unet_single_blocks_0_linear2": 5 * FLUX_H})
+
 
 def flux_as_comfyui(weights) -> dict[str, torch.Tensor]:
     return {f"diffusion_model.{FLUX_ORIGINAL[name]}.lora_{'B' if part == 'up' else 'A'}.weight": t
             for name, (up, down) in weights.items() for part, t in (("up", up), ("down", down))}
 
 
-def flux_as_diffusers(weights) -> dict[str, torch.Tensor]:
+def as_diffusers(weights, layers) -> dict[str, torch.Tensor]:
     """What a kohya -> diffusers conversion writes: fused up matrices cut by rows, downs repeated."""
     tensors = {}
     for name, (up, down) in weights.items():
         rows = 0
-        for target, share in FLUX_LAYERS[name]:
+        for target, share in layers[name]:
             tensors[f"{target}.lora_B.weight"] = up[rows:rows + share * FLUX_H].contiguous()
             tensors[f"{target}.lora_A.weight"] = down.clone()
             rows += share * FLUX_H

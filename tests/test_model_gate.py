@@ -177,13 +177,32 @@ def test_flux_lora_matches_across_kohya_comfyui_and_diffusers_naming(tmp_path):
     w = mf.flux_weights(3)
     kohya = mf.write(tmp_path / "kohya.safetensors", mf.kohya_tensors(w, dtype=torch.bfloat16))
     comfy = mf.write(tmp_path / "comfy.safetensors", mf.flux_as_comfyui(w))  # PEFT keys, original layout
-    diffusers = mf.write(tmp_path / "diffusers.safetensors", mf.flux_as_diffusers(w))
-    other = mf.write(tmp_path / "other.safetensors", mf.flux_as_diffusers(mf.flux_weights(4)))
+    diffusers = mf.write(tmp_path / "diffusers.safetensors", mf.as_diffusers(w, mf.FLUX_LAYERS))
+    other = mf.write(tmp_path / "other.safetensors", mf.as_diffusers(mf.flux_weights(4), mf.FLUX_LAYERS))
     fps = {name: inspect_model(path) for name, path in
            {"kohya": kohya, "comfy": comfy, "diffusers": diffusers, "other": other}.items()}
     assert all(r.base_model == "flux" for r in fps.values())
     parts = sum(len(p) for p in mf.FLUX_LAYERS.values())
     assert {len(r.fingerprint.layers) for r in fps.values()} == {parts}
+    base = fps["kohya"].fingerprint
+    assert base.similarity(fps["comfy"].fingerprint) == pytest.approx(1.0, abs=1e-2)
+    assert base.similarity(fps["diffusers"].fingerprint) == pytest.approx(1.0, abs=1e-2)
+    assert base.similarity(fps["other"].fingerprint) < 0.5
+
+
+def test_sd3_lora_matches_across_kohya_comfyui_and_diffusers_naming(tmp_path):
+    w = mf.fused_weights(mf.SD3_LAYERS, 6)
+    kohya = mf.write(tmp_path / "kohya.safetensors", mf.kohya_tensors(w, dtype=torch.bfloat16))
+    comfy = mf.write(tmp_path / "comfy.safetensors", {  # the original module paths, PEFT parts
+        f"diffusion_model.{name[len('lora_unet_'):].replace('_x_block_', '.x_block.').replace('_context_block_', '.context_block.')}"
+        f".lora_{'B' if part == 'up' else 'A'}.weight": t
+        for name, (up, down) in w.items() for part, t in (("up", up), ("down", down))})
+    diffusers = mf.write(tmp_path / "diffusers.safetensors", mf.as_diffusers(w, mf.SD3_LAYERS))
+    other = mf.write(tmp_path / "other.safetensors", mf.as_diffusers(mf.fused_weights(mf.SD3_LAYERS, 7), mf.SD3_LAYERS))
+    fps = {name: inspect_model(path) for name, path in
+           {"kohya": kohya, "comfy": comfy, "diffusers": diffusers, "other": other}.items()}
+    assert fps["kohya"].base_model == fps["comfy"].base_model == "sd3"  # joint_blocks (diffusers: by width)
+    assert {len(r.fingerprint.layers) for r in fps.values()} == {sum(len(p) for p in mf.SD3_LAYERS.values())}
     base = fps["kohya"].fingerprint
     assert base.similarity(fps["comfy"].fingerprint) == pytest.approx(1.0, abs=1e-2)
     assert base.similarity(fps["diffusers"].fingerprint) == pytest.approx(1.0, abs=1e-2)
@@ -230,6 +249,14 @@ def test_locon_with_a_tucker_core_matches_the_same_update_without_one(tmp_path):
     plain = {k: v for k, v in tucker.items() if "lora_mid" not in k}
     plain[f"{name}.lora_down.weight"] = down
     assert a.similarity(inspect_model(mf.write(tmp_path / "plain.safetensors", plain)).fingerprint) < 0.5
+
+
+@pytest.mark.parametrize("width, family", [(1536, "sd3"), (2432, "sd3"), (3072, "flux")])
+def test_base_model_of_a_diffusers_transformer_lora_from_its_hidden_width(tmp_path, width, family):
+    layer = "transformer.transformer_blocks.0.attn.to_q"  # the same name in SD3 and Flux LoRAs
+    path = mf.write(tmp_path / "m.safetensors", {f"{layer}.lora_A.weight": torch.ones(4, width),
+                                                  f"{layer}.lora_B.weight": torch.ones(width, 4)})
+    assert inspect_model(path).base_model == family
 
 
 def test_sdxl_lora_in_kohya_naming_matches_its_diffusers_conversion(tmp_path):

@@ -69,8 +69,11 @@ def canonical_layer(prefix: str) -> str:
     name = prefix.replace(".", "_")
     if name.startswith(_LDM_PREFIXES):
         return _from_ldm(name)
-    flux = _FLUX_BLOCK.match(name)
-    return _from_flux(name, *flux.groups()) if flux else name
+    if flux := _FLUX_BLOCK.match(name):
+        return _from_flux(name, *flux.groups())
+    if sd3 := _SD3_BLOCK.match(name):
+        return _from_sd3(name, *sd3.groups())
+    return name
 
 
 # The original (LDM/SGM) UNet layout that kohya's SDXL LoRAs name, mapped onto the diffusers
@@ -127,7 +130,19 @@ _FLUX_SINGLE = {"linear1#0": "attn_to_q", "linear1#1": "attn_to_k", "linear1#2":
                 "linear2": "proj_out", "modulation_lin": "norm_linear"}
 #: Fused layer -> the share of its output rows each part takes (q, k, v; and the 4x-wide MLP).
 _FUSED = {"img_attn_qkv": (1, 1, 1), "txt_attn_qkv": (1, 1, 1), "linear1": (1, 1, 1, 4)}
-_FUSED_ENDINGS = tuple("_" + name for name in _FUSED)
+
+# SD3's original (MMDiT) layout, the same way: each joint block's image ("x") and text
+# ("context") halves fuse q, k, v; SD3.5's second image attention (attn2) too.
+_SD3_BLOCK = re.compile(r"(?:unet|transformer)_(?:diffusion_model_)?joint_blocks_(\d+)_(x_block|context_block)_(.+)$")
+_SD3_X = {"attn_qkv#0": "attn_to_q", "attn_qkv#1": "attn_to_k", "attn_qkv#2": "attn_to_v",
+          "attn_proj": "attn_to_out_0", "attn2_qkv#0": "attn2_to_q", "attn2_qkv#1": "attn2_to_k",
+          "attn2_qkv#2": "attn2_to_v", "attn2_proj": "attn2_to_out_0", "mlp_fc1": "ff_net_0_proj",
+          "mlp_fc2": "ff_net_2", "adaLN_modulation_1": "norm1_linear"}
+_SD3_CONTEXT = {"attn_qkv#0": "attn_add_q_proj", "attn_qkv#1": "attn_add_k_proj", "attn_qkv#2": "attn_add_v_proj",
+                "attn_proj": "attn_to_add_out", "mlp_fc1": "ff_context_net_0_proj", "mlp_fc2": "ff_context_net_2",
+                "adaLN_modulation_1": "norm1_context_linear"}
+_SD3_FUSED = {"attn_qkv": (1, 1, 1), "attn2_qkv": (1, 1, 1)}
+_FUSED_ENDINGS = tuple("_" + name for name in (*_FUSED, *_SD3_FUSED))
 
 
 def _from_flux(name: str, kind: str, block: str, rest: str) -> str:
@@ -137,8 +152,21 @@ def _from_flux(name: str, kind: str, block: str, rest: str) -> str:
     return f"transformer_{'transformer_blocks' if kind == 'double' else 'single_transformer_blocks'}_{block}_{target}"
 
 
+def _from_sd3(name: str, block: str, half: str, rest: str) -> str:
+    target = (_SD3_X if half == "x_block" else _SD3_CONTEXT).get(rest)
+    return name if target is None else f"transformer_transformer_blocks_{block}_{target}"
+
+
+def _fused_shares(layer: str) -> tuple[int, ...] | None:
+    if m := _FLUX_BLOCK.match(layer):
+        return _FUSED.get(m.group(3))
+    if m := _SD3_BLOCK.match(layer):
+        return _SD3_FUSED.get(m.group(3))
+    return None
+
+
 def split_fused(infos: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The tensors with each fused Flux layer (``…img_attn.qkv``, ``…linear1``) replaced by
+    """The tensors with each fused Flux or SD3 layer (``…img_attn.qkv``, ``…linear1``, ``…attn.qkv``) replaced by
     per-projection layers ``…qkv#0``, ``#1``, …: the up matrix's rows cut into parts, the
     down matrix and alpha shared. Other tensors, and tables with no fused layer, unchanged."""
     out = None
@@ -146,8 +174,7 @@ def split_fused(infos: Mapping[str, Any]) -> Mapping[str, Any]:
         found = layer_part(key)
         if not found or not found[0].endswith(_FUSED_ENDINGS):  # the common case, kept cheap
             continue
-        m = _FLUX_BLOCK.match(found[0])
-        shares = _FUSED.get(m.group(3)) if m else None
+        shares = _fused_shares(found[0])
         if shares is None:
             continue
         prefix, part = split_key(key)

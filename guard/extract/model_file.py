@@ -249,6 +249,9 @@ _FAMILY_FROM_METADATA = (("flux", "flux"), ("sd3", "sd3"), ("xl", "sdxl"), ("sd_
 _FAMILY_FROM_TRANSFORMER_KEYS = (("double_blocks", "flux"), ("single_blocks", "flux"),
                                  ("single_transformer_blocks", "flux"), ("joint_blocks", "sd3"))
 _CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+#: Hidden width of a diffusers-named transformer's image attention: SD3 Medium / 3.5 Medium,
+#: SD3.5 Large, Flux. (Their diffusers LoRA keys share every name.)
+_TRANSFORMER_WIDTH = {1536: "sd3", 2432: "sd3", 3072: "flux"}
 _FAMILY_FROM_KEYS = (("lora_te2_", "sdxl"), ("text_encoder_2", "sdxl"), ("conditioner.embedders.1", "sdxl"),
                      ("lora_unet_input_blocks", "sdxl"), ("clip_g", "sdxl"), ("cond_stage_model.model.", "sd2"),
                      ("cond_stage_model.transformer.", "sd1"))
@@ -263,12 +266,18 @@ def _base_model(header: SafetensorsHeader) -> str | None:
     for needle, family in _FAMILY_FROM_TRANSFORMER_KEYS:
         if needle in keys:
             return family
-    # The UNet's cross-attention context width names its family whatever the layer naming.
+    # The UNet's cross-attention context width, or a transformer's hidden width, names the
+    # family whatever the layer naming.
     for key, info in header.tensors.items():
-        if "to_k" in key and len(info.shape) == 2 and layer_part(key) is not None:
+        if ("to_k" in key or "to_q" in key) and len(info.shape) == 2 and layer_part(key) is not None:
             layer, part = layer_part(key)
-            if part == "down" and layer.endswith("attn2_to_k") and info.shape[-1] in _CROSS_ATTENTION_WIDTH:
+            if part != "down":
+                continue
+            if layer.endswith("attn2_to_k") and info.shape[-1] in _CROSS_ATTENTION_WIDTH:
                 return _CROSS_ATTENTION_WIDTH[info.shape[-1]]
+            if layer.startswith("transformer_transformer_blocks_") and layer.endswith("_attn_to_q") \
+                    and info.shape[-1] in _TRANSFORMER_WIDTH:
+                return _TRANSFORMER_WIDTH[info.shape[-1]]
     for needle, family in _FAMILY_FROM_KEYS:
         if needle in keys:
             return family
