@@ -15,7 +15,12 @@ service may not read; 413 too large), never what was decided: read ``action`` (a
 - ``POST /v1/model?account=&name=&trigger_words=&metadata_only=``: a model file's bytes as
   the body, streamed to a temporary file (never held in memory, never unpickled);
 - ``POST /v1/model/path``, ``/v1/dataset/path``, ``/v1/publication/path``: ``{"path",
-  "account"?}`` for files the pipeline already stored, only below ``--allow-path`` folders.
+  "account"?}`` for files the pipeline already stored, only below ``--allow-path`` folders;
+- ``POST /v1/takedown/path``: ``{"path", "notice", "character"?, "reason"?}`` puts a stored
+  model file, image or publication on the takedown list (needs a state folder).
+
+With a token (``--token-file`` or ``GUARD_TOKEN``), every ``/v1`` route wants
+``Authorization: Bearer <token>``; ``/healthz`` stays open for load balancers.
 
 Checks run on a worker thread each, so one slow model file does not hold up prompts.
 """
@@ -24,16 +29,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from .errors import ConfigError
 from .facade import Guard
 from .verdict import Action, Verdict
 
@@ -44,17 +51,27 @@ MAX_IMAGE_BYTES = 64 << 20
 MAX_IMAGES = 256
 
 
-def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (),
+def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), token: str | None = None,
                max_model_bytes: int = MAX_MODEL_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES) -> FastAPI:
-    """The service around ``guard``. ``allow_paths``: folders the ``…/path`` routes may read."""
+    """The service around ``guard``. ``allow_paths``: folders the ``…/path`` routes may read;
+    ``token``: the bearer token every ``/v1`` route wants (none: no check)."""
     roots = [Path(p).resolve() for p in allow_paths]
+    expected = f"Bearer {token}".encode() if token else None
+
+    def authorized(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if expected is not None and not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
     app = FastAPI(title="diffusion-guard", version=guard.versions["guard"])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])  # /healthz stays open for load balancers
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "versions": guard.versions}
 
-    @app.post("/v1/prompt")
+    @v1.post("/prompt")
     async def prompt(request: Request) -> JSONResponse:
         body = await _json(request, max_image_bytes)
         text = _field(body, "text", str)
@@ -62,7 +79,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (),
                                           account=_field(body, "account", str, None))
         return _answer(verdict)
 
-    @app.post("/v1/images")
+    @v1.post("/images")
     async def images(request: Request) -> JSONResponse:
         body = await _json(request, max_image_bytes * 4 // 3 + 4096)
         items = _field(body, "images", list)
@@ -83,14 +100,14 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (),
         return JSONResponse({"action": strongest.value, "verdicts": [v.to_dict() for v in verdicts]},
                             headers={"X-Guard-Action": strongest.value})
 
-    @app.post("/v1/image")
+    @v1.post("/image")
     async def image(request: Request, surface: str = "generated_image", account: str | None = None,
                     name: str = "image") -> JSONResponse:
         data = await _body(request, max_image_bytes)
         [verdict] = await _check_images(guard, [data], [name], surface, account)
         return _answer(verdict)
 
-    @app.post("/v1/model")
+    @v1.post("/model")
     async def model(request: Request, account: str | None = None, name: str = "upload",
                     trigger_words: str = "", metadata_only: bool = False) -> JSONResponse:
         with tempfile.TemporaryDirectory(prefix="guard-upload-") as tmp:
@@ -101,7 +118,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (),
                 trigger_words=[w.strip() for w in trigger_words.split(",") if w.strip()])
         return _answer(verdict)
 
-    @app.post("/v1/model/path")
+    @v1.post("/model/path")
     async def model_path(request: Request) -> JSONResponse:
         body = await _json(request, 1 << 20)
         path = _allowed(roots, _field(body, "path", str))
@@ -111,20 +128,32 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (),
                                           metadata_only=bool(body.get("metadata_only", False)))
         return _answer(verdict)
 
-    @app.post("/v1/dataset/path")
+    @v1.post("/dataset/path")
     async def dataset_path(request: Request) -> JSONResponse:
         body = await _json(request, 1 << 20)
         path = _allowed(roots, _field(body, "path", str))
         verdict, _ = await run_in_threadpool(guard.check_dataset, path, _field(body, "account", str, None))
         return _answer(verdict)
 
-    @app.post("/v1/publication/path")
+    @v1.post("/publication/path")
     async def publication_path(request: Request) -> JSONResponse:
         body = await _json(request, 1 << 20)
         path = _allowed(roots, _field(body, "path", str))
         verdict = await run_in_threadpool(guard.check_publication, path, _field(body, "account", str, None))
         return _answer(verdict)
 
+    @v1.post("/takedown/path")
+    async def takedown_path(request: Request) -> JSONResponse:
+        body = await _json(request, 1 << 20)
+        path = _allowed(roots, _field(body, "path", str))
+        try:
+            entries = await run_in_threadpool(guard.take_down, path, _field(body, "notice", str),
+                                              _field(body, "character", str, None), _field(body, "reason", str, None))
+        except ConfigError as exc:  # no state folder, an unknown character, an unreadable item
+            raise HTTPException(400, str(exc)) from None
+        return JSONResponse({"entries": [e.to_dict() for e in entries]})
+
+    app.include_router(v1)
     return app
 
 

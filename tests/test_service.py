@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 import uvicorn
 
 from guard import Bank, Guard, Policy
@@ -39,11 +40,13 @@ class Service:
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
 
-    def call(self, route: str, body: bytes | dict | None = None, **query) -> tuple[int, dict, dict]:
+    def call(self, route: str, body: bytes | dict | None = None, headers: dict | None = None,
+             **query) -> tuple[int, dict, dict]:
         """(status, JSON answer, headers)."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         url = self.url + route + ("?" + urllib.parse.urlencode(query) if query else "")
-        request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+        request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                         headers=headers or {})
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
                 return answer.status, json.loads(answer.read()), dict(answer.headers)
@@ -158,6 +161,35 @@ def test_path_routes_read_only_below_the_allowed_folders(served, bank_file, enco
         closed.stop()
 
 
+def test_a_takedown_through_the_service_keeps_a_stripped_reupload_down(served, tmp_path):
+    service, _, allowed = served
+    w = mf.lora_weights(5)
+    original = mf.write(allowed / "style.safetensors", mf.kohya_tensors(w), {"ss_output_name": "quiet style"})
+    status, verdict, _ = service.call("/v1/model/path", {"path": str(original)})
+    assert (status, verdict["action"]) == (200, "allow")
+    status, body, _ = service.call("/v1/takedown/path", {"path": str(original), "notice": "N-7", "character": "ultraman"})
+    assert status == 200 and body["entries"][0]["notice"] == "N-7" and body["entries"][0]["fingerprint_layers"] > 0
+    reupload = mf.write(tmp_path / "reup.safetensors", mf.peft_tensors(w, dtype=torch.bfloat16))  # renamed, cast
+    status, verdict, _ = service.call("/v1/model", reupload.read_bytes(), name="totally-new.safetensors")
+    assert verdict["action"] == "block" and any(f["signal"] == "fingerprint" for f in verdict["findings"])
+    status, answer, _ = service.call("/v1/takedown/path", {"path": str(original), "notice": "N-8", "character": "nobody"})
+    assert status == 400 and "nobody" in answer["detail"]
+
+
+def test_a_token_guards_every_v1_route_but_not_health(bank_file, encoder):
+    token = "s3cret-token-0123456789"
+    service = Service(create_app(Guard(Bank.load(bank_file), Policy.load(), encoder), token=token))
+    try:
+        assert service.call("/healthz")[0] == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            status, answer, got = service.call("/v1/prompt", {"text": "ultraman"}, headers=headers)
+            assert status == 401 and "Bearer" in answer["detail"] and got["www-authenticate"] == "Bearer"
+        status, verdict, _ = service.call("/v1/prompt", {"text": "ultraman"}, headers={"Authorization": f"Bearer {token}"})
+        assert (status, verdict["action"]) == (200, "block")
+    finally:
+        service.stop()
+
+
 def test_concurrent_requests_are_all_answered_and_recorded_once(served):
     service, guard, _ = served
     texts = [f"ultraman poster number {i}" if i % 2 else f"a quiet harbour, study {i}" for i in range(24)]
@@ -173,8 +205,9 @@ def test_guard_serve_command(bank_file, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    (tmp_path / "token").write_text("operator-token-0123456789\n")
     proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--bank", str(bank_file),
-                             "--port", str(port), "--allow-path", str(tmp_path)],
+                             "--port", str(port), "--allow-path", str(tmp_path), "--token-file", str(tmp_path / "token")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline, answer = time.monotonic() + 120, None
@@ -186,14 +219,23 @@ def test_guard_serve_command(bank_file, tmp_path):
             except OSError:
                 time.sleep(0.2)
         assert answer["status"] == "ok" and answer["versions"]["encoder"].startswith("tiny-test")
+        prompt = urllib.request.Request(f"http://127.0.0.1:{port}/v1/prompt", data=b'{"text": "mario"}',
+                                        headers={"Authorization": "Bearer operator-token-0123456789"})
+        with urllib.request.urlopen(prompt, timeout=30) as r:
+            assert json.loads(r.read())["action"] == "block"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(urllib.request.Request(prompt.full_url, data=prompt.data), timeout=30)
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
     assert "Traceback" not in stderr
 
 
-def test_guard_serve_refuses_an_allowed_path_that_is_no_folder(bank_file, tmp_path, capsys):
+def test_guard_serve_refuses_bad_settings(bank_file, tmp_path, capsys):
     from guard.cli import main
 
     assert main(["serve", "--bank", str(bank_file), "--allow-path", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "token").write_text("short")
+    assert main(["serve", "--bank", str(bank_file), "--token-file", str(tmp_path / "token")]) == 2
+    assert "shorter than 16" in capsys.readouterr().err

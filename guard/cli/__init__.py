@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
                    help="a folder whose files the …/path routes may read (repeatable; default: none)")
     p.add_argument("--max-model-mb", type=int, help="largest model upload, in MiB (default: 16 GiB)")
+    p.add_argument("--token-file", help="file holding the bearer token every /v1 route wants "
+                                        "(or env GUARD_TOKEN; default: no token check)")
     p.set_defaults(run=cmd_serve)
 
     p = groups.add_parser("convert", parents=[common], help="convert a pickle checkpoint that passes the gate "
@@ -310,7 +312,15 @@ def cmd_serve(args) -> int:
         if not Path(folder).is_dir():
             raise ConfigError(f"--allow-path {folder}: not a folder")
     limits = {"max_model_bytes": args.max_model_mb << 20} if args.max_model_mb else {}
-    serve(_guard(args), args.host, args.port, allow_paths=args.allow_path, **limits)
+    token = os.environ.get("GUARD_TOKEN")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file {args.token_file}: {exc}") from None
+    if token is not None and len(token) < 16:
+        raise ConfigError("the token is shorter than 16 characters")
+    serve(_guard(args), args.host, args.port, allow_paths=args.allow_path, token=token, **limits)
     return EXIT_OK
 
 
