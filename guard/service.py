@@ -22,12 +22,15 @@ service may not read; 413 too large), never what was decided: read ``action`` (a
 With a token (``--token-file`` or ``GUARD_TOKEN``), every ``/v1`` route wants
 ``Authorization: Bearer <token>``; ``/healthz`` stays open for load balancers.
 
-Checks run on a worker thread each, so one slow model file does not hold up prompts.
+Checks run on worker threads, so one slow model file does not hold up prompts. File checks
+(models, datasets, publications, takedowns) share a few slots, as many as a catalog scan
+would run processes: each keeps two cores busy and a read buffer of up to 512 MiB.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import hmac
 import json
@@ -36,12 +39,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from .errors import ConfigError
 from .facade import Guard
+from .scan import default_workers
 from .verdict import Action, Verdict
 
 #: Largest model file accepted as a request body (a full SDXL checkpoint is ~7 GB).
@@ -52,10 +56,15 @@ MAX_IMAGES = 256
 
 
 def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), token: str | None = None,
-               max_model_bytes: int = MAX_MODEL_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES) -> FastAPI:
+               max_model_bytes: int = MAX_MODEL_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES,
+               file_slots: int | None = None) -> FastAPI:
     """The service around ``guard``. ``allow_paths``: folders the ``…/path`` routes may read;
-    ``token``: the bearer token every ``/v1`` route wants (none: no check)."""
+    ``token``: the bearer token every ``/v1`` route wants (none: no check); ``file_slots``:
+    file checks at once (default: a full catalog scan's worker count)."""
     roots = [Path(p).resolve() for p in allow_paths]
+    on_file_slot = functools.partial(_threaded, slots=anyio.CapacityLimiter(
+        file_slots or default_workers(0, metadata_only=False)))
+
     expected = f"Bearer {token}".encode() if token else None
 
     def authorized(request: Request) -> None:
@@ -75,7 +84,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
     async def prompt(request: Request) -> JSONResponse:
         body = await _json(request, max_image_bytes)
         text = _field(body, "text", str)
-        verdict = await run_in_threadpool(guard.check_prompt, text, negative=_field(body, "negative", str, None),
+        verdict = await _threaded(guard.check_prompt, text, negative=_field(body, "negative", str, None),
                                           account=_field(body, "account", str, None))
         return _answer(verdict)
 
@@ -113,7 +122,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
         with tempfile.TemporaryDirectory(prefix="guard-upload-") as tmp:
             path = Path(tmp) / "model"
             await _stream_to(request, path, max_model_bytes)
-            verdict = await run_in_threadpool(
+            verdict = await on_file_slot(
                 guard.check_model_file, path, account=account, subject=name, metadata_only=metadata_only,
                 trigger_words=[w.strip() for w in trigger_words.split(",") if w.strip()])
         return _answer(verdict)
@@ -123,7 +132,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
         body = await _json(request, 1 << 20)
         path = _allowed(roots, _field(body, "path", str))
         words = _field(body, "trigger_words", list, [])
-        verdict = await run_in_threadpool(guard.check_model_file, path, account=_field(body, "account", str, None),
+        verdict = await on_file_slot(guard.check_model_file, path, account=_field(body, "account", str, None),
                                           trigger_words=[str(w) for w in words],
                                           metadata_only=bool(body.get("metadata_only", False)))
         return _answer(verdict)
@@ -132,14 +141,14 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
     async def dataset_path(request: Request) -> JSONResponse:
         body = await _json(request, 1 << 20)
         path = _allowed(roots, _field(body, "path", str))
-        verdict, _ = await run_in_threadpool(guard.check_dataset, path, _field(body, "account", str, None))
+        verdict, _ = await on_file_slot(guard.check_dataset, path, _field(body, "account", str, None))
         return _answer(verdict)
 
     @v1.post("/publication/path")
     async def publication_path(request: Request) -> JSONResponse:
         body = await _json(request, 1 << 20)
         path = _allowed(roots, _field(body, "path", str))
-        verdict = await run_in_threadpool(guard.check_publication, path, _field(body, "account", str, None))
+        verdict = await on_file_slot(guard.check_publication, path, _field(body, "account", str, None))
         return _answer(verdict)
 
     @v1.post("/takedown/path")
@@ -147,7 +156,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
         body = await _json(request, 1 << 20)
         path = _allowed(roots, _field(body, "path", str))
         try:
-            entries = await run_in_threadpool(guard.take_down, path, _field(body, "notice", str),
+            entries = await on_file_slot(guard.take_down, path, _field(body, "notice", str),
                                               _field(body, "character", str, None), _field(body, "reason", str, None))
         except ConfigError as exc:  # no state folder, an unknown character, an unreadable item
             raise HTTPException(400, str(exc)) from None
@@ -165,12 +174,17 @@ def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8080, **options: An
 
 
 # Helpers -------------------------------------------------------------------------------------
+async def _threaded(fn, *args, slots: anyio.CapacityLimiter | None = None, **kwargs):
+    """``fn(*args, **kwargs)`` on a worker thread (of ``slots``, else of the shared pool)."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=slots)
+
+
 async def _check_images(guard: Guard, data: list[bytes], names: list[str], surface: Any,
                         account: Any) -> list[Verdict]:
     if not isinstance(surface, str) or (account is not None and not isinstance(account, str)):
         raise HTTPException(400, "'surface' and 'account' must be strings")
     try:
-        return await run_in_threadpool(guard.check_images, data, surface=surface, account=account, subjects=names)
+        return await _threaded(guard.check_images, data, surface=surface, account=account, subjects=names)
     except ValueError as exc:  # a surface that is not an image surface
         raise HTTPException(400, str(exc)) from None
 

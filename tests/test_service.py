@@ -190,6 +190,38 @@ def test_a_token_guards_every_v1_route_but_not_health(bank_file, encoder):
         service.stop()
 
 
+def test_file_checks_share_their_slots_while_prompts_go_on(bank_file, encoder, tmp_path):
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder)
+    running, peak, lock = [0], [0], threading.Lock()
+    real = guard.check_model_file
+
+    def counted(*args, **kwargs):  # the real check, counting how many run at once
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    guard.check_model_file = counted
+    lora = mf.write(tmp_path / "m.safetensors", mf.kohya_tensors(mf.lora_weights(1))).read_bytes()
+    service = Service(create_app(guard, file_slots=1))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            uploads = [pool.submit(service.call, "/v1/model", lora) for _ in range(3)]
+            time.sleep(0.2)
+            start = time.monotonic()
+            assert service.call("/v1/prompt", {"text": "a harbour"})[1]["action"] == "allow"
+            prompt_s = time.monotonic() - start
+            assert [u.result()[1]["action"] for u in uploads] == ["allow"] * 3
+    finally:
+        service.stop()
+    assert peak[0] == 1 and prompt_s < 0.3  # the uploads queued for their slot, the prompt did not
+
+
 def test_concurrent_requests_are_all_answered_and_recorded_once(served):
     service, guard, _ = served
     texts = [f"ultraman poster number {i}" if i % 2 else f"a quiet harbour, study {i}" for i in range(24)]
