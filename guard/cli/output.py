@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
@@ -47,16 +48,29 @@ def summarise(finding) -> str:
             f"{finding.action.value} {detail}").strip()
 
 
+def short_names(verdicts: Sequence[Verdict], title: str | None) -> tuple[str | None, list[str]]:
+    """(title, item names): files of one folder are named relative to it and the folder goes
+    in the title, so a narrow table folds findings, not every file name."""
+    subjects = [v.subject for v in verdicts]
+    if len(subjects) < 2 or not all(os.path.isfile(s) for s in subjects):
+        return title, subjects
+    folder = os.path.commonpath([os.path.abspath(s) for s in subjects])
+    names = [os.path.relpath(os.path.abspath(s), folder) for s in subjects]
+    shown = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") else folder
+    return f"{title or 'items'} in {shown}", names
+
+
 def print_table(verdicts: Sequence[Verdict], title: str | None = None) -> None:
+    title, names = short_names(verdicts, title)
     table = Table(title=title, show_lines=False)
     table.add_column("item", overflow="fold")
     table.add_column("action")
     table.add_column("findings", overflow="fold")
-    for v in verdicts:
+    for v, name in zip(verdicts, names):
         findings = "\n".join(summarise(f) for f in v.findings) or "-"
         if v.error:
             findings = f"guard error: {v.error}\n{findings}".rstrip("-\n")
-        table.add_row(v.subject, f"[{_STYLE[v.action]}]{v.action.value}[/]", findings)
+        table.add_row(name, f"[{_STYLE[v.action]}]{v.action.value}[/]", findings)
     out.print(table)
     counts = {a: sum(v.action is a for v in verdicts) for a in Action}
     out.print(" · ".join(f"{counts[a]} {a.value}" for a in Action))
@@ -66,13 +80,14 @@ def print_scan_summary(verdicts: Sequence[Verdict]) -> None:
     """Flagged and blocked files, then counts by action and by character or notice."""
     noteworthy = [v for v in verdicts if v.action is not Action.ALLOW or v.error]
     if noteworthy:
-        table = Table(title="model files needing action")
+        title, names = short_names(noteworthy, "model files needing action")
+        table = Table(title=title)
         for column in ("file", "action", "format", "findings"):
             table.add_column(column, overflow="fold")
-        for v in noteworthy:
+        for v, name in zip(noteworthy, names):
             fmt = f"{v.facts.get('format', '?')} / {v.facts.get('base_model') or '?'}"
             findings = "\n".join(summarise(f) for f in v.findings[:6]) or (f"guard error: {v.error}" if v.error else "-")
-            table.add_row(v.subject, f"[{_STYLE[v.action]}]{v.action.value}[/]", fmt, findings)
+            table.add_row(name, f"[{_STYLE[v.action]}]{v.action.value}[/]", fmt, findings)
         out.print(table)
     by_subject: dict[str, int] = {}
     for v in verdicts:
