@@ -90,6 +90,15 @@ def test_int8_bound_covers_rounding_errors_that_all_point_one_way(side):
     assert [m.score for m in found[0]] == [pytest.approx(exact, abs=1e-6)]
 
 
+def test_a_float32_bank_is_left_as_it_was():
+    e = unit(300, 16, 12)
+    before = e.clone()
+    q = e[:3] + 0.01 * unit(3, 16, 13)
+    found = EmbeddingIndex(e, torch.arange(300), preselect_from=0).search(q, 0.9)
+    assert torch.equal(e, before)
+    assert_same(found, reference(q, e, torch.arange(300), 0.9))
+
+
 def test_int8_bound_is_a_superset_and_still_prunes():
     d, size = 128, 20_000
     e = unit(size, d, 8).half()

@@ -23,7 +23,7 @@ import torch
 #: Banks smaller than this are searched with one float32 product (faster for them).
 PRESELECT_FROM = 16_384
 #: Exemplar rows per chunk, so the ``[rows, B]`` block stays in cache-friendly sizes.
-_CHUNK_ROWS = 8_192
+CHUNK_ROWS = 8_192
 #: Pairs rescored per step: gathering more at once spills the caches and runs ~10x slower.
 _RESCORE_PAIRS = 2_048
 #: Rows quantised per step when the index is built.
@@ -69,7 +69,7 @@ class _Int8Rows:
         self.error = torch.empty(n)  # |y - x8|
         # Small steps: a few MB of float32 at a time stays in cache and reuses its memory.
         for start in range(0, n, _BUILD_ROWS):
-            y = rows[start:start + _BUILD_ROWS].float()
+            y = rows[start:start + _BUILD_ROWS].to(torch.float32, copy=True)  # scaled in place below
             r = y.abs().amax(1).clamp_min_(torch.finfo(torch.float32).tiny).div_(_INT8_MAX)
             y.div_(r[:, None])
             x8 = y.round()
@@ -88,8 +88,8 @@ class _Int8Rows:
                      - (u - q8).norm(dim=1).max() * self.norm - q8.norm(dim=1).max() * self.error)
         q8 = q8.to(torch.int8).T.contiguous()
         parts = []
-        for start in range(0, self.x8.shape[0], _CHUNK_ROWS):
-            block = torch._int_mm(self.x8[start:start + _CHUNK_ROWS], q8)  # [rows, B] int32
+        for start in range(0, self.x8.shape[0], CHUNK_ROWS):
+            block = torch._int_mm(self.x8[start:start + CHUNK_ROWS], q8)  # [rows, B] int32
             bound = threshold[start:start + block.shape[0]]
             rows = (block.amax(1) >= bound).nonzero().flatten()
             if rows.numel():
@@ -142,8 +142,8 @@ class EmbeddingIndex:
 
     def _full_product(self, q: torch.Tensor, floor: float):
         parts = []
-        for start in range(0, self.size, _CHUNK_ROWS):
-            block = q @ self._exact[start:start + _CHUNK_ROWS].float().T  # [B, rows]
+        for start in range(0, self.size, CHUNK_ROWS):
+            block = q @ self._exact[start:start + CHUNK_ROWS].float().T  # [B, rows]
             qi, ei = (block >= floor).nonzero(as_tuple=True)
             parts.append((qi, ei + start, block[qi, ei]))
         qi, ei, scores = (torch.cat(p) for p in zip(*parts))
