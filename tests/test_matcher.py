@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from guard.match.embedding import PRESELECT_FROM, EmbeddingIndex, _Int8Rows
+from guard.match.embedding import PRESELECT_FROM, EmbeddingIndex, _Int8Rows, _Rotation
 from guard.synthetic import clustered_embeddings
 
 
@@ -78,7 +78,8 @@ def test_int8_preselection_equals_the_definition_on_clustered_rows(floor):
 @pytest.mark.parametrize("side", ["row", "query"])
 def test_int8_bound_covers_rounding_errors_that_all_point_one_way(side):
     """Each coordinate sits 0.49 above an integer step, so every rounding error has the same
-    sign and they add up (~4% of the score): only the error terms of the bound keep the pair."""
+    sign and they add up (~4% of the score): only the error terms of the bound keep the pair.
+    (Without the rotation, which would otherwise scatter this careful alignment.)"""
     d = 64
     spiky = torch.tensor([127.0] + [10.49] * (d - 1))
     flat = torch.ones(d)
@@ -86,8 +87,30 @@ def test_int8_bound_covers_rounding_errors_that_all_point_one_way(side):
     e = torch.nn.functional.normalize(row, dim=0)[None].half()
     q = torch.nn.functional.normalize(query, dim=0)[None]
     exact = (q @ e.float().T).item()
-    found = EmbeddingIndex(e, torch.zeros(1, dtype=torch.long), preselect_from=0).search(q, exact - 1e-3)
-    assert [m.score for m in found[0]] == [pytest.approx(exact, abs=1e-6)]
+    qi, ei = _Int8Rows(e, rotate=False).candidates(q, exact - 1e-3)
+    assert (qi.tolist(), ei.tolist()) == ([0], [0])
+
+
+@pytest.mark.parametrize("dim", [768, 512, 48, 7])
+def test_rotation_keeps_inner_products_and_spreads_an_outlier_coordinate(dim):
+    rotation = _Rotation(dim)
+    x, y = unit(20, dim, 14), unit(30, dim, 15)
+    assert ((rotation(x) @ rotation(y).T) - x @ y.T).abs().max() < 1e-5
+    spike = torch.zeros(1, dim)
+    spike[0, dim // 3] = 1.0
+    turned = rotation(spike)
+    assert turned.norm().item() == pytest.approx(1.0, abs=1e-5)
+    if dim >= 48:
+        assert turned.abs().max() < 0.5  # no coordinate keeps most of the length
+
+
+def test_rotation_tightens_the_bound_on_rows_with_an_outlier_coordinate():
+    e = clustered_embeddings(4000, 256, seed=16).half()  # coordinate 0 carries ~0.8 of each row
+    q = clustered_embeddings(16, 256, seed=17)
+    exact = q @ e.float().T
+    floor = exact.flatten().kthvalue(exact.numel() - 20).values.item()  # ~20 pairs reach it
+    plain, turned = (_Int8Rows(e, rotate=r).candidates(q, floor)[0].numel() for r in (False, True))
+    assert (exact >= floor).sum() <= turned < plain / 2
 
 
 def test_a_float32_bank_is_left_as_it_was():
