@@ -113,6 +113,49 @@ def test_rotation_tightens_the_bound_on_rows_with_an_outlier_coordinate():
     assert (exact >= floor).sum() <= turned < plain / 2
 
 
+@pytest.mark.parametrize("floor", [0.3, 0.7, 0.9])
+@pytest.mark.parametrize("bank", ["clustered", "random"])
+def test_coarse_stage_equals_the_definition(bank, floor):
+    d, size = 96, 6_000
+    e = (clustered_embeddings(size, d, seed=18) if bank == "clustered" else unit(size, d, 18)).half()
+    owner = torch.arange(size) // 8
+    # Queries near exemplars, queries like the bank, and random ones (long residuals).
+    q = torch.cat([e[::997].float() + 0.05 * unit(7, d, 19), clustered_embeddings(5, d, seed=20), unit(5, d, 21)])
+    q = torch.nn.functional.normalize(q, dim=1)
+    index = EmbeddingIndex(e, owner, preselect_from=0, coarse_dim=32)
+    assert_same(index.search(q, floor), reference(q, e, owner, floor))
+
+
+def test_default_index_of_a_wide_bank_uses_both_stages_and_equals_the_definition():
+    size, d = PRESELECT_FROM + 100, 256
+    e = clustered_embeddings(size, d, seed=24).half()
+    owner = torch.arange(size) // 8
+    q = torch.nn.functional.normalize(torch.cat([e[::3001].float() + 0.05 * unit(6, d, 25), unit(4, d, 26)]), dim=1)
+    index = EmbeddingIndex(e, owner)
+    assert index._coarse is not None and index._coarse.rows.x8.shape[1] == 64  # a third, in steps of 32
+    assert_same(index.search(q, 0.8), reference(q, e, owner, 0.8))
+    assert index._coarse_pause == 0  # the coarse stage did the dismissing
+    assert_same(index.search(q, 0.5), reference(q, e, owner, 0.5))
+
+
+def test_coarse_stage_dismisses_most_rows_and_pauses_when_it_does_not():
+    d, size = 96, 6_000
+    e = clustered_embeddings(size, d, seed=22).half()
+    q = clustered_embeddings(16, d, seed=23)
+    index = EmbeddingIndex(e, torch.arange(size), preselect_from=0, coarse_dim=32)
+    kept = index.coarse_kept(q, 0.9)
+    assert 0 < kept < 0.25 * size and EmbeddingIndex(e, torch.arange(size), preselect_from=0).coarse_kept(q, 0.9) is None
+    index.search(q, 0.9)
+    assert index._coarse_pause == 0
+    # At a floor every row reaches, the stage cannot dismiss anything: it pauses, and the
+    # answers stay exact meanwhile.
+    found = index.search(q, -1.0)
+    assert index._coarse_pause == 16 and sum(map(len, found)) == 16 * size
+    for _ in range(16):
+        index.search(q, 0.9)
+    assert index._coarse_pause == 0
+
+
 def test_a_float32_bank_is_left_as_it_was():
     e = unit(300, 16, 12)
     before = e.clone()

@@ -13,6 +13,12 @@ become findings, so large banks are searched in two steps:
    have over all of them, so int8 rounds each about equally and the bound stays tight;
 2. the pairs whose bound reaches the floor are rescored exactly in float32 from the
    stored rows. No pair at or above the floor can be lost to quantisation.
+
+Wide banks first run a coarse stage (`_Coarse`): the same bound over a third of the
+width, the bank's principal directions plus one coordinate holding each vector's residual
+length (so the product also bounds what the directions miss, by Cauchy-Schwarz). It
+dismisses most rows at a third of the cost when the bank allows it; the kept rows then go
+through step 1. A stage that stops paying (it kept over a quarter of the rows) pauses.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ import torch
 
 #: Banks smaller than this are searched with one float32 product (faster for them).
 PRESELECT_FROM = 16_384
+#: Banks this wide and up get the coarse stage, over a third of their dimensions.
+COARSE_FROM_DIM = 256
+#: A batch whose coarse stage kept more than this share of the rows did not pay for it: the
+#: next `_COARSE_PAUSE` batches run the full int8 product alone, then it is tried again.
+_COARSE_KEEPS_AT_MOST = 0.25
+_COARSE_PAUSE = 16
 #: Exemplar rows per chunk, so the ``[rows, B]`` block stays in cache-friendly sizes.
 CHUNK_ROWS = 8_192
 #: Pairs rescored per step: gathering more at once spills the caches and runs ~10x slower.
@@ -102,30 +114,71 @@ class _Int8Rows:
             self.x8[part], self.scale[part], self.norm[part] = x8, r, y.norm(dim=1)
             self.error[part] = y.sub_(x8).norm(dim=1)
 
-    def candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query, row) pairs whose score may reach ``floor``: a superset of those that do."""
+    def candidates(self, q: torch.Tensor, floor: float,
+                   rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, row) pairs whose score may reach ``floor``: a superset of those that do.
+        ``rows``: look at these rows only."""
         if self.rotation is not None:
             q = self.rotation(q)
         s = q.abs().max().clamp_min(torch.finfo(torch.float32).tiny) / _INT8_MAX
         u = q / s
         q8 = u.round()
+        x8, scale, norm, error = ((self.x8, self.scale, self.norm, self.error) if rows is None else
+                                  (t.index_select(0, rows) for t in (self.x8, self.scale, self.norm, self.error)))
         # One threshold per row, valid for every query of the batch, so that a row is
         # dismissed by its largest product alone (cheap) and only survivors are looked at.
-        threshold = ((floor - _FP32_SLACK) / (s * self.scale)
-                     - (u - q8).norm(dim=1).max() * self.norm - q8.norm(dim=1).max() * self.error)
+        threshold = ((floor - _FP32_SLACK) / (s * scale)
+                     - (u - q8).norm(dim=1).max() * norm - q8.norm(dim=1).max() * error)
         q8 = q8.to(torch.int8).T.contiguous()
         parts = []
-        for start in range(0, self.x8.shape[0], CHUNK_ROWS):
-            block = torch._int_mm(self.x8[start:start + CHUNK_ROWS], q8)  # [rows, B] int32
+        for start in range(0, x8.shape[0], CHUNK_ROWS):
+            block = torch._int_mm(x8[start:start + CHUNK_ROWS], q8)  # [rows, B] int32
             bound = threshold[start:start + block.shape[0]]
-            rows = (block.amax(1) >= bound).nonzero().flatten()
-            if rows.numel():
-                ri, qi = (block[rows] >= bound[rows, None]).nonzero(as_tuple=True)
-                parts.append((qi, rows[ri] + start))
+            near = (block.amax(1) >= bound).nonzero().flatten()
+            if near.numel():
+                ri, qi = (block[near] >= bound[near, None]).nonzero(as_tuple=True)
+                parts.append((qi, near[ri] + start))
         if not parts:
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
         qi, ei = (torch.cat(p) for p in zip(*parts))
-        return qi, ei
+        return qi, ei if rows is None else rows[ei]
+
+
+class _Coarse:
+    """Each row as its coordinates in the bank's top principal directions plus one more, its
+    residual length outside them: ``x' = [P'x, |x_r|]``, in int8.
+
+    ``q.x = (P'q).(P'x) + q_r.x_r <= (P'q).(P'x) + |q_r| |x_r| = q'.x'`` (Cauchy-Schwarz on
+    the residuals), so the int8 bound on ``q'.x'`` bounds the score, pair by pair, at a third
+    of the full product's cost. How many rows it dismisses depends on the bank: its residuals
+    must be short or its unrelated scores far below the floor.
+    """
+
+    #: Float32 error bounds (Higham's ``n u``, unit vectors, D <= 1024): the projection
+    #: ``P'x`` is off by at most ~7e-4 in length, so a low-width product by ~1.5e-3 (taken
+    #: off the floor) and ``|x|^2 - |P'x|^2`` by ~1.6e-3 (added under the square root, so a
+    #: residual length is never short).
+    PROJECTION_SLACK = 2e-3
+    SQUARED_RESIDUAL_SLACK = 2e-3
+
+    def __init__(self, rows: torch.Tensor, dim: int):
+        # Principal directions from (up to) 32,768 evenly spaced rows: enough to find the
+        # directions; exactness never depends on them, only the speed does.
+        sample = rows[:: max(1, rows.shape[0] // 32_768)].float()
+        self.basis = torch.linalg.eigh(sample.T @ sample)[1][:, 1 - dim:].contiguous()  # [D, dim - 1]
+        short = torch.empty((rows.shape[0], dim))
+        for start in range(0, rows.shape[0], _BUILD_ROWS):
+            x = rows[start:start + _BUILD_ROWS].float()
+            short[start:start + x.shape[0]] = self._shorten(x)
+        self.rows = _Int8Rows(short)
+
+    def _shorten(self, x: torch.Tensor) -> torch.Tensor:
+        low = x @ self.basis
+        residual = ((x * x).sum(1) - (low * low).sum(1)).clamp_min(0).add(self.SQUARED_RESIDUAL_SLACK).sqrt()
+        return torch.cat([low, residual[:, None]], 1)
+
+    def candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rows.candidates(self._shorten(q), floor - self.PROJECTION_SLACK)
 
 
 class EmbeddingIndex:
@@ -135,9 +188,12 @@ class EmbeddingIndex:
         embeddings: ``[M, D]`` fp16 or fp32, L2-normalised rows.
         owner: ``[M]`` owner index of each row.
         preselect_from: bank size from which the int8 pre-selection is used.
+        coarse_dim: width of the coarse stage, the residual included (default: a third,
+            for banks at least `COARSE_FROM_DIM` wide; 0: none).
     """
 
-    def __init__(self, embeddings: torch.Tensor, owner: torch.Tensor, preselect_from: int = PRESELECT_FROM):
+    def __init__(self, embeddings: torch.Tensor, owner: torch.Tensor, preselect_from: int = PRESELECT_FROM,
+                 coarse_dim: int | None = None):
         if embeddings.ndim != 2 or owner.shape != (embeddings.shape[0],):
             raise ValueError(f"embeddings {tuple(embeddings.shape)} and owner {tuple(owner.shape)} do not fit")
         self.size, self.dim = embeddings.shape
@@ -146,6 +202,10 @@ class EmbeddingIndex:
         self._exact = embeddings
         use_int8 = self.size >= preselect_from and int8_product_available()
         self._int8 = _Int8Rows(embeddings) if use_int8 else None
+        if coarse_dim is None:
+            coarse_dim = self.dim // 3 // 32 * 32 if self.dim >= COARSE_FROM_DIM else 0  # 768 -> 256
+        self._coarse = _Coarse(embeddings, coarse_dim) if use_int8 and 1 < coarse_dim < self.dim else None
+        self._coarse_pause = 0
 
     def search(self, queries: torch.Tensor, floor: float) -> list[list[Match]]:
         """For each query, the best exemplar of every owner scoring at least ``floor``.
@@ -162,10 +222,29 @@ class EmbeddingIndex:
             raise ValueError("a query embedding holds NaN or infinite values (an fp16 overflow in the encoder?)")
         if self._int8 is None:
             return self._best_per_owner(n, *self._full_product(q, floor))
-        qi, ei = self._int8.candidates(q, floor)
+        qi, ei = self._candidates(q, floor)
         scores = self._rescore(q, qi, ei)
         keep = scores >= floor
         return self._best_per_owner(n, qi[keep], ei[keep], scores[keep])
+
+    def coarse_kept(self, queries: torch.Tensor, floor: float) -> int | None:
+        """How many rows the coarse stage keeps for these queries (``None``: no coarse stage):
+        a measure of how well it suits this bank."""
+        if self._coarse is None:
+            return None
+        return int(self._coarse.candidates(queries.float(), floor)[1].unique().numel())
+
+    def _candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pairs that may reach the floor: the rows the coarse stage keeps, bounded again at
+        full width (or all rows, when there is no coarse stage or it has not been paying)."""
+        if self._coarse is not None and self._coarse_pause == 0:
+            rows = self._coarse.candidates(q, floor)[1].unique()
+            if rows.numel() <= _COARSE_KEEPS_AT_MOST * self.size:
+                return self._int8.candidates(q, floor, rows=rows)
+            self._coarse_pause = _COARSE_PAUSE
+        elif self._coarse_pause:
+            self._coarse_pause -= 1
+        return self._int8.candidates(q, floor)
 
     def _full_product(self, q: torch.Tensor, floor: float):
         parts = []
