@@ -154,14 +154,13 @@ class _Coarse:
     must be short or its unrelated scores far below the floor.
     """
 
-    #: Float32 error bounds (Higham's ``n u``, unit vectors, D <= 1024): the projection
-    #: ``P'x`` is off by at most ~7e-4 in length, so a low-width product by ~1.5e-3 (taken
-    #: off the floor) and ``|x|^2 - |P'x|^2`` by ~1.6e-3 (added under the square root, so a
-    #: residual length is never short).
-    PROJECTION_SLACK = 2e-3
-    SQUARED_RESIDUAL_SLACK = 2e-3
-
     def __init__(self, rows: torch.Tensor, dim: int):
+        # Float32 error (Higham's bound, n u per product of length n, unit vectors): ``P'x``
+        # is off by at most D u sqrt(dim) in length (7e-4 for 768 -> 256), so a short product
+        # by twice that and ``|x|^2 - |P'x|^2`` by about as much. The first comes off the
+        # floor, the second goes under the residual's square root (so it is never short);
+        # both with a 1.5x margin.
+        self.slack = 3.0 * rows.shape[1] * 2.0 ** -24 * math.sqrt(dim)
         # Principal directions from (up to) 32,768 evenly spaced rows: enough to find the
         # directions; exactness never depends on them, only the speed does.
         sample = rows[:: max(1, rows.shape[0] // 32_768)].float()
@@ -174,11 +173,11 @@ class _Coarse:
 
     def _shorten(self, x: torch.Tensor) -> torch.Tensor:
         low = x @ self.basis
-        residual = ((x * x).sum(1) - (low * low).sum(1)).clamp_min(0).add(self.SQUARED_RESIDUAL_SLACK).sqrt()
+        residual = ((x * x).sum(1) - (low * low).sum(1)).clamp_min(0).add(self.slack).sqrt()
         return torch.cat([low, residual[:, None]], 1)
 
     def candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rows.candidates(self._shorten(q), floor - self.PROJECTION_SLACK)
+        return self.rows.candidates(self._shorten(q), floor - self.slack)
 
 
 class EmbeddingIndex:
