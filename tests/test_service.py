@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -137,10 +138,10 @@ def test_model_upload_is_checked_from_a_temporary_file(served, tmp_path):
 
 def test_model_upload_over_the_limit_is_refused_and_nothing_is_left(served):
     service, _, _ = served
-    before = set(Path(__import__("tempfile").gettempdir()).glob("guard-upload-*"))
+    before = set(Path(tempfile.gettempdir()).glob("guard-upload-*"))
     status, answer, _ = service.call("/v1/model", b"\0" * ((1 << 20) + 1))
     assert status == 413 and "over 1048576 bytes" in answer["detail"]
-    assert set(Path(__import__("tempfile").gettempdir()).glob("guard-upload-*")) == before
+    assert set(Path(tempfile.gettempdir()).glob("guard-upload-*")) == before
 
 
 def test_path_routes_read_only_below_the_allowed_folders(served, bank_file, encoder, tmp_path):
