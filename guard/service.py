@@ -53,6 +53,8 @@ MAX_MODEL_BYTES = 16 << 30
 #: Largest image body, and largest JSON body of images (base64 makes them a third larger).
 MAX_IMAGE_BYTES = 64 << 20
 MAX_IMAGES = 256
+#: Largest JSON body of the routes that carry no file (a prompt, a path).
+_SMALL_JSON = 1 << 20
 
 
 def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), token: str | None = None,
@@ -82,10 +84,9 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
 
     @v1.post("/prompt")
     async def prompt(request: Request) -> JSONResponse:
-        body = await _json(request, max_image_bytes)
-        text = _field(body, "text", str)
-        verdict = await _threaded(guard.check_prompt, text, negative=_field(body, "negative", str, None),
-                                          account=_field(body, "account", str, None))
+        body = await _json(request, _SMALL_JSON)
+        verdict = await _threaded(guard.check_prompt, _field(body, "text", str),
+                                  negative=_field(body, "negative", str, None), account=_field(body, "account", str, None))
         return _answer(verdict)
 
     @v1.post("/images")
@@ -129,35 +130,35 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
 
     @v1.post("/model/path")
     async def model_path(request: Request) -> JSONResponse:
-        body = await _json(request, 1 << 20)
+        body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
         words = _field(body, "trigger_words", list, [])
         verdict = await on_file_slot(guard.check_model_file, path, account=_field(body, "account", str, None),
-                                          trigger_words=[str(w) for w in words],
-                                          metadata_only=bool(body.get("metadata_only", False)))
+                                     trigger_words=[str(w) for w in words],
+                                     metadata_only=bool(body.get("metadata_only", False)))
         return _answer(verdict)
 
     @v1.post("/dataset/path")
     async def dataset_path(request: Request) -> JSONResponse:
-        body = await _json(request, 1 << 20)
+        body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
         verdict, _ = await on_file_slot(guard.check_dataset, path, _field(body, "account", str, None))
         return _answer(verdict)
 
     @v1.post("/publication/path")
     async def publication_path(request: Request) -> JSONResponse:
-        body = await _json(request, 1 << 20)
+        body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
         verdict = await on_file_slot(guard.check_publication, path, _field(body, "account", str, None))
         return _answer(verdict)
 
     @v1.post("/takedown/path")
     async def takedown_path(request: Request) -> JSONResponse:
-        body = await _json(request, 1 << 20)
+        body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
         try:
             entries = await on_file_slot(guard.take_down, path, _field(body, "notice", str),
-                                              _field(body, "character", str, None), _field(body, "reason", str, None))
+                                         _field(body, "character", str, None), _field(body, "reason", str, None))
         except ConfigError as exc:  # no state folder, an unknown character, an unreadable item
             raise HTTPException(400, str(exc)) from None
         return JSONResponse({"entries": [e.to_dict() for e in entries]})
