@@ -56,8 +56,8 @@ def short_names(verdicts: Sequence[Verdict], title: str | None) -> tuple[str | N
         return title, subjects
     folder = os.path.commonpath([os.path.abspath(s) for s in subjects])
     names = [os.path.relpath(os.path.abspath(s), folder) for s in subjects]
-    shown = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") else folder
-    return f"{title or 'items'} in {shown}", names
+    relative = os.path.relpath(folder)
+    return f"{title or 'items'} in {folder if relative.startswith('..') else relative}", names
 
 
 def print_table(verdicts: Sequence[Verdict], title: str | None = None) -> None:

@@ -125,19 +125,20 @@ def _prepare_chunk(prepare: Callable, images: Sequence[ImageInput], chunk: range
 
 
 def _prefetched(chunks, prepare, forward, dim):
+    def embedded(prepared):
+        idx, batch, failures, infos = prepared
+        return idx, forward(batch) if batch is not None else torch.empty((0, dim)), failures, infos
+
     if len(chunks) <= 1:  # nothing to overlap (a generation server's usual call): no thread to start
-        for chunk in chunks:
-            idx, batch, failures, infos = prepare(chunk)
-            yield idx, forward(batch) if batch is not None else torch.empty((0, dim)), failures, infos
+        yield from (embedded(prepare(chunk)) for chunk in chunks)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-prefetch") as pool:
         pending = pool.submit(prepare, chunks[0])
         for nxt in chunks[1:] + [None]:
-            idx, batch, failures, infos = pending.result()
+            prepared = pending.result()
             if nxt is not None:
                 pending = pool.submit(prepare, nxt)
-            emb = forward(batch) if batch is not None else torch.empty((0, dim))
-            yield idx, emb, failures, infos
+            yield embedded(prepared)
 
 
 # Loading ------------------------------------------------------------------------------------
