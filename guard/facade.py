@@ -29,7 +29,7 @@ from .bundles import is_bundle, read_bundle
 from .extract.model_file import inspect_model
 from .extract.pdq import pdq
 from .extract.text import fold
-from .extract.training_metadata import metadata_texts
+from .extract.training_metadata import metadata_limits, metadata_texts
 from .images import ImageInput, UnreadableImage, describe, is_image, open_rgb
 from .match.embedding import EmbeddingIndex, Match
 from .match.text import TextMatcher
@@ -141,17 +141,18 @@ class Guard:
         verdict with ``error`` set, which the policy's fail mode turns into an action. Images
         whose PDQ hash is near a taken-down image are blocked as re-uploads.
         """
-        verdicts = self._images(images, surface, account, subjects)
-        if not record:
-            return [v.with_versions(self.versions) for v in verdicts]
-        return [self._finish(v, account) for v in verdicts]
+        surface = _surface(surface, IMAGE_SURFACES)
+        names = list(subjects) if subjects is not None else [describe(x, i) for i, x in enumerate(images)]
+        if len(names) != len(images):
+            raise ValueError(f"subjects has {len(names)} names for {len(images)} images")
+        self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
+        return self._checked(lambda: self._images(images, surface, account, names),
+                             lambda error: [self._error(n, surface, error) for n in names], account, record)
 
     def _images(self, images: Sequence[ImageInput], surface: Surface | str, account: str | None,
                 subjects: Sequence[str] | None = None) -> list[Verdict]:
         surface = _surface(surface, IMAGE_SURFACES)
         names = list(subjects) if subjects is not None else [describe(x, i) for i, x in enumerate(images)]
-        if len(names) != len(images):
-            raise ValueError(f"subjects has {len(names)} names for {len(images)} images")
         floor = self._floor(Signal.CLIP_IMAGE, surface)
         pdq_policy = self.policy.section("pdq")
         extract = None
@@ -219,18 +220,51 @@ class Guard:
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if negative is not None and not isinstance(negative, str):
+            raise TypeError(f"negative must be a str or None, got {type(negative).__name__}")
+        name = subject if subject is not None else text
+        if self._text_index.size:
+            self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
+        [verdict] = self._checked(lambda: [self._prompt(text, negative, account, name)],
+                                  lambda error: [self._error(name, Surface.PROMPT, error)], account)
+        return verdict
+
+    def _prompt(self, text: str, negative: str | None, account: str | None, name: str) -> Verdict:
         findings = self.text_findings(text, Surface.PROMPT, account)
         findings += self._clip_text_findings(text, Surface.PROMPT, account)
-        verdict = Verdict(subject if subject is not None else text, Surface.PROMPT, tuple(findings))
+        verdict = Verdict(name, Surface.PROMPT, tuple(findings))
         if self._steer and verdict.action is Action.FLAG:
             verdict = self._steered(verdict, negative)
-        return self._finish(verdict, account)
+        return verdict
 
     def unscreened_prompt(self, reason: str, account: str | None = None) -> Verdict:
         """The (recorded) verdict for a generation whose prompt text was not available, e.g.
         a caller passing ``prompt_embeds``: allowed, and saying so."""
         return self._finish(Verdict("<prompt text not available>", Surface.PROMPT,
                                     facts={"screened": False, "reason": reason}), account)
+
+    # Decisions an adapter reaches (it acts; the verdicts are made and recorded here) ----------
+    def refuse(self, subject: str, surface: Surface | str, reason: str, account: str | None = None) -> Verdict:
+        """The recorded block verdict for something an adapter cannot hand over for checking
+        (a pipeline folder without weight files, say): a ``format`` finding with ``reason``."""
+        return self._finish(format_finding(subject, Surface(surface), reason), account)
+
+    def check_latent_output(self, account: str | None = None) -> Verdict:
+        """The recorded verdict for a generation that returns latents, which cannot be checked:
+        blocked unless the policy's ``[generation] latent_output = "pass"``."""
+        if self.policy.section("generation").get("latent_output", "refuse") == "refuse":
+            verdict = format_finding("latents", Surface.GENERATED_IMAGE,
+                                     "latent output cannot be checked (policy: refuse)")
+        else:
+            verdict = Verdict("latents", Surface.GENERATED_IMAGE,
+                              facts={"screened": False, "reason": "latent output passed unchecked (policy: pass)"})
+        return self._finish(verdict, account)
+
+    def record_decision(self, verdicts: Sequence[Verdict], account: str | None = None,
+                        **facts: Any) -> list[Verdict]:
+        """Record verdicts made with ``record=False`` once an adapter acted on them (an early
+        abort on a preview), with ``facts`` saying what it did; returns them as recorded."""
+        return [self._finish(dataclasses.replace(v, facts={**v.facts, **facts}), account) for v in verdicts]
 
     def text_findings(self, text: str, surface: Surface, account: str | None = None,
                       where: Mapping[str, Any] | None = None, alias_signal: Signal = Signal.ALIAS,
@@ -307,8 +341,10 @@ class Guard:
         The verdict's ``facts`` carry the format, base model family, hashes and, for pickle
         files, the globals the file would import.
         """
-        verdict = self._model_file(path, account, trigger_words, metadata_only, subject)
-        return self._finish(verdict, account)
+        name = subject or os.fspath(path)
+        [verdict] = self._checked(lambda: [self._model_file(path, account, trigger_words, metadata_only, subject)],
+                                  lambda error: [self._error(name, Surface.MODEL_FILE, error)], account)
+        return verdict
 
     def _model_file(self, path: str | os.PathLike, account: str | None, trigger_words: Sequence[str] = (),
                     metadata_only: bool = False, subject: str | None = None) -> Verdict:
@@ -322,7 +358,12 @@ class Guard:
                 decision = self.policy.decide(Signal.PICKLE, 1.0, Surface.MODEL_FILE)
                 findings.append(Finding("unsafe-pickle", Signal.PICKLE, 1.0, 1.0,
                                         decision.action if decision else Action.BLOCK, {"reason": reason}))
-        findings += self._metadata_findings(report.metadata, trigger_words, account)
+        limits = metadata_limits(report.metadata)
+        findings += [_format(reason) for reason in limits]
+        if not limits:  # metadata too large to screen whole is refused above, not screened in part
+            findings += self._metadata_findings(report.metadata, trigger_words, account)
+        else:
+            findings += self._metadata_findings({}, trigger_words, account)
         findings += self._hash_mismatch(report)
         findings += self._takedown_findings(report)
         return Verdict(subject or os.fspath(path), Surface.MODEL_FILE, tuple(findings), facts=facts)
@@ -405,13 +446,35 @@ class Guard:
     # Datasets, publications, notices ------------------------------------------------------------
     def check_dataset(self, folder: str | os.PathLike, account: str | None = None) -> tuple[Verdict, list[Verdict]]:
         """Screen a LoRA training set: a verdict for the set and one per image (see `guard.bundles`)."""
-        dataset, images = bundles.check_dataset(self, Path(folder), account)
-        return self._finish(dataset, account), [self._finish(v, account) for v in images]
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"dataset {folder} is not a folder")
+        self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
+        found: list[list[Verdict]] = []
+
+        def work() -> list[Verdict]:
+            dataset, images = bundles.check_dataset(self, folder, account)
+            found.append(images)
+            return [dataset]
+
+        [dataset] = self._checked(work, lambda error: [self._error(str(folder), Surface.TRAINING_IMAGE, error)],
+                                  account)
+        return dataset, [self._finish(v, account) for v in (found[0] if found and not dataset.error else [])]
 
     def check_publication(self, bundle: str | os.PathLike, account: str | None = None) -> Verdict:
         """Screen a whole publication before it goes public (see `guard.bundles`)."""
-        verdict, owner = bundles.check_publication(self, Path(bundle), account)
-        return self._finish(verdict, owner)
+        path = Path(bundle)
+        if not path.exists():
+            raise ConfigError(f"publication {path} does not exist")
+        owner: list[str | None] = [account]
+
+        def work() -> list[Verdict]:
+            verdict, owner[0] = bundles.check_publication(self, path, account)
+            return [verdict]
+
+        [verdict] = self._checked(work, lambda error: [self._error(str(path), Surface.PUBLICATION, error)],
+                                  account, owner=owner)
+        return verdict
 
     def enroll(self, character: str, refs: str | os.PathLike, holder: str | None = None,
                accounts: Sequence[str] = (), names: Mapping[str, str] | None = None) -> Character:
@@ -443,8 +506,47 @@ class Guard:
         chars = [(c.id, c.thresholds) for c in self._characters]
         return self.policy.lowest_threshold(signal, surface, self.bank.encoder, chars)
 
+    def _checked(self, work, fallback, account: str | None, record: bool = True,
+                 owner: list | None = None) -> list[Verdict]:
+        """The one fail-closed boundary every public check goes through.
+
+        ``work`` returns unfinished verdicts. Any exception of the guard's own (an encoder
+        that fails, a read error while hashing, SQLite, a bug) becomes ``fallback(error)``:
+        verdicts whose ``error`` says what failed and whose action is the policy's fail mode.
+        A `ConfigError` (a missing bank, encoder weights, a caller's bad path) is not a
+        check's outcome and propagates with its message. Then every verdict is finished.
+        """
+        try:
+            verdicts = work()
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (this is the boundary: nothing the guard raises gets out)
+            log.exception("check failed; the policy's fail mode decides")
+            verdicts = fallback(f"{type(exc).__name__}: {exc}")
+        account = owner[0] if owner else account
+        if not record:
+            return [v.with_versions(self.versions) for v in verdicts]
+        return [self._finish(v, account) for v in verdicts]
+
+    def _error(self, subject: str, surface: Surface, error: str) -> Verdict:
+        return Verdict(subject, surface, error=error, error_action=self.policy.error_action)
+
     def _finish(self, verdict: Verdict, account: str | None = None) -> Verdict:
-        """Every verdict leaves through here: versions stamped, strikes counted, recorded once."""
+        """Every verdict leaves through here: versions stamped, strikes counted, recorded once.
+
+        A log that cannot be written is the guard failing: the verdict then carries that error
+        (and the fail mode's action), since a measure that was not recorded cannot be shown."""
+        try:
+            return self._stamp_and_record(verdict, account)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("recording a verdict failed")
+            failed = dataclasses.replace(verdict.with_versions(self.versions),
+                                         error=f"the audit log could not record this verdict: "
+                                               f"{type(exc).__name__}: {exc}",
+                                         error_action=self.policy.error_action)
+            return failed
+
+    def _stamp_and_record(self, verdict: Verdict, account: str | None) -> Verdict:
         verdict = verdict.with_versions(self.versions)
         strikes = self.policy.section("strikes")
         if strikes.get("enabled") and account and self.audit is not None and verdict.action is Action.BLOCK:

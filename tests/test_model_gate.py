@@ -90,9 +90,10 @@ def test_a_header_length_that_looks_like_a_pickle_or_zip_is_still_safetensors(gu
     tensors = {"lora_unet_a.lora_down.weight": torch.ones(2, 4), "lora_unet_a.lora_up.weight": torch.ones(4, 2)}
     base = mf.write(tmp_path / "base.safetensors", tensors).read_bytes()
     n = int.from_bytes(base[:8], "little")
-    meta_pad = length - n - len(', "__metadata__": {"pad": ""}')
+    # The padding is a modelspec thumbnail (a data URI), the usual large metadata value.
+    meta_pad = length - n - len(', "__metadata__": {"modelspec.thumbnail": "data:image/png;base64,"}')
     raw = json.loads(base[8:8 + n])
-    raw["__metadata__"] = {"pad": "x" * meta_pad}
+    raw["__metadata__"] = {"modelspec.thumbnail": "data:image/png;base64," + "x" * meta_pad}
     header = json.dumps(raw, separators=(",", ":")).encode()
     header += b" " * (length - len(header))
     assert len(header) == length

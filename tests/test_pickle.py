@@ -77,10 +77,11 @@ def canaries(tmp_path):
     files["nested pickle in a zip member.pt"] = torch_zip(clean, {"archive/extra.pkl": evil["os.system"]})
     files["payload in data.pkl.pt"] = torch_zip(evil["os.system"])
     files["nested archive.pt"] = torch_zip(clean, {"archive/inner.zip": torch_zip(evil["os.system"])})
-    corrupt = bytearray(torch_zip(clean, {"archive/aaa_first": b"A" * 64}))
+    files["member torch never writes.pt"] = torch_zip(clean, {"archive/aaa_first": b"A" * 64})
+    corrupt = bytearray(torch_zip(clean, {"archive/data/0": b"A" * 64}))
     at = corrupt.find(b"A" * 64)
     corrupt[at:at + 4] = b"BBBB"  # damages the first member's bytes: its CRC no longer holds
-    files["corrupt zip entry before data.pkl.pt"] = bytes(corrupt)
+    files["corrupt zip entry before data.pkl.pt"] = bytes(corrupt)  # a storage whose CRC fails
     files["data before the zip.pt"] = torch_zip(clean, before=b"\x00" * 128)
     files["legacy torch file.pt"] = legacy(evil["os.system"])
     files["legacy with eval.ckpt"] = legacy(evil["builtins.eval"])

@@ -7,6 +7,7 @@ other than tensors). Header-only mode reads ``8 + N`` bytes of a safetensors fil
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from dataclasses import dataclass, field
@@ -17,9 +18,9 @@ import numpy as np
 
 from .hashes import PREADV, FileHashes, HashJob, hash_buffer
 from .lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers, layer_part, split_fused
-from .pickle_scan import PickleReport, scan_file
-from .safetensors_header import (MalformedModel, SafetensorsHeader, declared_length, open_regular, parse_header,
-                                 read_header)
+from .pickle_scan import PickleReport, is_tar, scan_file
+from .safetensors_header import (MAX_HEADER, MalformedModel, SafetensorsHeader, declared_length, open_regular,
+                                 parse_header, read_header)
 
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
@@ -67,27 +68,39 @@ def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fin
     with fh:
         head = fh.read(9)  # the header length and the JSON's opening brace
         fh.seek(0)
-        if _looks_pickled(head, Path(path)):
-            if Path(path).suffix.lower() in SAFETENSORS_SUFFIXES:
+        suffix = Path(path).suffix.lower()
+        if _read_as_pickle(head, suffix):
+            if _plausible_safetensors(head):
+                report.problems.append("a safetensors header that is also a zip archive (a polyglot): torch.load "
+                                       "and safetensors would read different contents")
+            elif suffix in SAFETENSORS_SUFFIXES:
                 report.problems.append("a pickle-based file named like a safetensors file")
             _inspect_pickle(report, fh, size, metadata_only, blake3)
         else:
+            if is_tar(fh.read(512)):
+                report.problems.append("a file that is also a tar archive (a polyglot): torch.load would open "
+                                       "it as an old tar checkpoint and unpickle its members")
+            fh.seek(0)
+            if suffix in PICKLE_SUFFIXES and _plausible_safetensors(head):
+                report.problems.append(f"a safetensors file named {suffix}: loaders choose by suffix, and "
+                                       "torch.load would read it as a pickle; rename it .safetensors")
             _inspect_safetensors(report, fh, size, head, metadata_only, want_fingerprint, blake3)
     return report
 
 
-def _looks_pickled(head: bytes, path: Path) -> bool:
-    # A safetensors header length can start with 0x80 (and 0x02: "pickle protocol 2") or "PK",
-    # so the brace that opens its JSON is checked first.
+def _read_as_pickle(head: bytes, suffix: str) -> bool:
+    # torch.load decides "zip" by these four bytes alone, so they win even over a plausible
+    # safetensors header (whose length can spell them). A safetensors header length can start
+    # with 0x80 (and 0x02: "pickle protocol 2"), so the brace that opens its JSON comes next.
+    if head[:4] == b"PK\x03\x04":
+        return True
     if _plausible_safetensors(head):
         return False
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return True
-    return path.suffix.lower() in PICKLE_SUFFIXES
+    return head[:1] == b"\x80" or suffix in PICKLE_SUFFIXES
 
 
 def _plausible_safetensors(head: bytes) -> bool:
-    return len(head) == 9 and int.from_bytes(head[:8], "little") <= 100 * 1024 * 1024 and head[8:] == b"{"
+    return len(head) == 9 and int.from_bytes(head[:8], "little") <= MAX_HEADER and head[8:] == b"{"
 
 
 def _inspect_safetensors(report: ModelReport, fh, size: int, head: bytes, metadata_only: bool, want_fp: bool,
@@ -187,17 +200,26 @@ def _fingerprint_from(header: SafetensorsHeader, layers: Mapping[str, Mapping[st
 
 
 def _inspect_pickle(report: ModelReport, fh, size: int, metadata_only: bool, blake3: bool) -> None:
+    report.format = "pickle-checkpoint"
     if size > MAX_PICKLE_BYTES:
-        report.container = "pickle"
         report.pickle = PickleReport(unsafe=[f"pickle-based file of {size} bytes is over the "
                                              f"{MAX_PICKLE_BYTES}-byte limit; convert it to safetensors"])
         return
-    data = fh.read()
-    report.pickle = scan_file(data)
-    report.container = {"zip": "zip-pickle", "legacy": "legacy-pickle"}.get(report.pickle.container, "pickle")
-    report.format = "pickle-checkpoint"
-    if not metadata_only:
-        report.hashes = hash_buffer(memoryview(data), None, blake3)
+    if size == 0:
+        report.pickle = scan_file(b"")
+        return
+    # Mapped, not read: the gate touches the archive's directory and its pickles, and the
+    # hashes stream over the rest, so memory stays bounded whatever the file holds.
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            report.pickle = scan_file(view)
+            report.container = {"zip": "zip-pickle", "legacy": "legacy-pickle", "tar": "tar"}.get(
+                report.pickle.container, "pickle")
+            if not metadata_only:
+                report.hashes = hash_buffer(view, None, blake3)
+        finally:
+            view.release()
 
 
 # Identification --------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from typing import Any, BinaryIO, Mapping, NamedTuple
 
 import orjson
 
-MAX_HEADER = 100 * 1024 * 1024
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+MAX_HEADER = 100_000_000  # the reference implementation's limit
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1,
+               "F8_E5M2FNUZ": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
                "C64": 8, "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75}
 
@@ -169,7 +170,12 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
     except UnicodeDecodeError as exc:
         raise MalformedModel(f"header is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants), False
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        # Python's json accepts escaped lone surrogates ("\ud800"); the reference parser does not.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return data, False
+    except UnicodeEncodeError:
+        raise MalformedModel("header has a lone surrogate escape (\\uD800-\\uDFFF): not valid Unicode") from None
     except _Duplicate as exc:
         raise MalformedModel(f"header has the key {exc.args[0]!r} twice") from None
     except (json.JSONDecodeError, ValueError) as exc:

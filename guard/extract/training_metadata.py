@@ -17,6 +17,26 @@ _NAMED_KEYS = ("ss_output_name", "ss_training_comment", "ss_sd_model_name", "mod
                "modelspec.description", "modelspec.trigger_phrase", "modelspec.tags", "modelspec.author")
 _STRUCTURED = {"ss_tag_frequency", "ss_dataset_dirs", "ss_datasets"}
 MAX_TEXT = 10_000
+#: More distinct tags than this cannot be screened in bounded time (a large real dataset has a
+#: few thousand); such a file is refused, with this reason, rather than screened in part.
+MAX_TAGS = 20_000
+
+
+def metadata_limits(metadata: Mapping[str, str]) -> list[str]:
+    """Why this metadata cannot be screened whole (each a reason to refuse the file), if it cannot."""
+    problems = []
+    frequency = _tag_frequency(metadata)
+    tags = sum(map(len, frequency.values()))
+    if tags > MAX_TAGS:
+        problems.append(f"training metadata lists {tags} distinct tags (limit {MAX_TAGS}): too many to screen")
+    longest = max((len(t) for folder in frequency.values() for t in folder), default=0)
+    if longest > MAX_TEXT:
+        problems.append(f"a training tag of {longest} characters (limit {MAX_TEXT}): too long to screen")
+    for key, value in metadata.items():
+        if _screened_as_text(key, value) and len(value) > MAX_TEXT:
+            problems.append(f"metadata {key!r} holds {len(value)} characters of text (limit {MAX_TEXT}): "
+                            "too long to screen whole")
+    return problems
 
 
 def metadata_texts(metadata: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -39,14 +59,20 @@ def metadata_texts(metadata: Mapping[str, str]) -> Iterator[tuple[str, dict[str,
                 yield subset[field], {"key": "ss_datasets", "field": field}
     for key in _NAMED_KEYS:
         if metadata.get(key):
-            yield metadata[key][:MAX_TEXT], {"key": key}
+            yield metadata[key][:MAX_TEXT], {"key": key}  # longer values are refused (metadata_limits)
     for key, value in metadata.items():
-        # kohya's other ss_* keys and modelspec's other keys are parameters; any other key
-        # (an uploader's "trigger", "description", a hub's own keys) is free text.
-        if key in _STRUCTURED or key in _NAMED_KEYS or key.startswith(("ss_", "modelspec.")):
-            continue
-        if any(ch.isalpha() for ch in value[:200]):
-            yield value[:MAX_TEXT], {"key": key}
+        if key not in _NAMED_KEYS and _screened_as_text(key, value):
+            yield value[:MAX_TEXT], {"key": key}  # longer values are refused (metadata_limits)
+
+
+def _screened_as_text(key: str, value: str) -> bool:
+    # kohya's other ss_* keys and modelspec's other keys are parameters; any other key (an
+    # uploader's "trigger", "description", a hub's own keys) is free text.
+    if key in _NAMED_KEYS:
+        return bool(value)
+    if key in _STRUCTURED or key.startswith(("ss_", "modelspec.")):
+        return False
+    return any(ch.isalpha() for ch in value[:200])
 
 
 def _json(metadata: Mapping[str, str], key: str) -> Any:

@@ -5,6 +5,9 @@ the file's SHA-256, its tensor-data SHA-256 (survives metadata edits) and, for L
 weight fingerprint (survives renaming, casts, re-scaling, small noise), with the notice it
 answers; for images, the PDQ hash (survives re-encoding, resizing, slight crops).
 Fingerprints are stored as bytes of our own format, never pickled.
+
+Every lookup sees what other processes committed: the cached rows are re-read when SQLite's
+``data_version`` says another connection wrote.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class TakedownList:
             raise ConfigError(f"state folder {folder}: cannot open the takedown list ({exc})") from None
         self._lock = threading.Lock()
         self._cache: list[Takedown] | None = None
+        self._version: int | None = None
         self._pdq: tuple[list[Takedown], np.ndarray] = ([], np.zeros((0, 32), dtype=np.uint8))
 
     def add(self, notice: str, *, character: str | None = None, reason: str | None = None,
@@ -103,6 +107,11 @@ class TakedownList:
 
     def entries(self) -> list[Takedown]:
         with self._lock:
+            # SQLite bumps data_version when another connection (another worker, a `guard
+            # takedown add` beside a running server) commits: then the cached rows are stale.
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._cache, self._version = None, version
             if self._cache is None:
                 rows = self._db.execute("SELECT id, notice, character, reason, subject, sha256, tensor_sha256,"
                                         " fingerprint, created, pdq, pdq_quality FROM takedowns ORDER BY id").fetchall()
