@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, PathNotAllowed
 from .extract.model_file import is_model_file
 from .images import image_files, is_image
 from .verdict import Action, Finding, Signal, Surface, Verdict, format_finding
@@ -51,27 +52,42 @@ class Bundle:
         return ([self.cover] if self.cover else []) + self.samples
 
 
+def confined(path: Path, roots: Sequence[Path] | None) -> Path:
+    """``path`` with its links resolved, if ``roots`` is None or it lies below one of them;
+    else `PathNotAllowed` naming it. A bundle's own manifest, the files of its folder and the
+    images of a training set all pass through here before anything opens them."""
+    if roots is None:
+        return path
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise PathNotAllowed(str(path) if resolved == Path(os.path.abspath(path)) else f"{path} (-> {resolved})")
+    return resolved
+
+
 def is_bundle(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() == ".json"
 
 
-def read_bundle(path: Path) -> Bundle:
-    """Read a publication folder or manifest; `ConfigError` names what is wrong."""
+def read_bundle(path: Path, confine: Sequence[Path] | None = None) -> Bundle:
+    """Read a publication folder or manifest; `ConfigError` names what is wrong. With
+    ``confine``, every file the bundle names or holds must lie below one of those folders."""
+    path = confined(path, confine)
     if path.is_dir():
         manifest = path / MANIFEST
         if manifest.is_file():
-            return _from_manifest(manifest)
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+            return _from_manifest(confined(manifest, confine), confine)
+        files = sorted(confined(p, confine) for p in path.rglob("*") if p.is_file() or p.is_symlink())
+        files = [p for p in files if p.is_file()]
         images = [p for p in files if is_image(p)]
         cover = next((p for p in images if p.stem.lower() == "cover"), images[0] if images else None)
         models = [p for p in files if is_model_file(p)]
         return Bundle(path, cover=cover, samples=[p for p in images if p != cover], model=models[0] if models else None)
     if path.is_file():
-        return _from_manifest(path)
+        return _from_manifest(path, confine)
     raise ConfigError(f"publication {path} is neither a folder nor a JSON manifest")
 
 
-def _from_manifest(path: Path) -> Bundle:
+def _from_manifest(path: Path, confine: Sequence[Path] | None = None) -> Bundle:
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     except (OSError, json.JSONDecodeError, RecursionError) as exc:
@@ -93,7 +109,7 @@ def _from_manifest(path: Path) -> Bundle:
             return None
         if not isinstance(value, str):
             raise ConfigError(f"publication manifest {path}: {key} must be a file path")
-        return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+        return confined((base / value).resolve() if not Path(value).is_absolute() else Path(value), confine)
 
     return Bundle(
         path,
@@ -110,9 +126,10 @@ def _part(findings, part: str) -> list[Finding]:
     return [dataclasses.replace(f, evidence={**f.evidence, "part": part}) for f in findings]
 
 
-def check_publication(guard: "Guard", path: Path, account: str | None) -> tuple[Verdict, str | None]:
+def check_publication(guard: "Guard", path: Path, account: str | None,
+                      confine: Sequence[Path] | None = None) -> tuple[Verdict, str | None]:
     """The publication's verdict (unfinished) and the account it belongs to."""
-    bundle = read_bundle(path)
+    bundle = read_bundle(path, confine)
     account = account or bundle.account
     surface = Surface.PUBLICATION
     findings: list[Finding] = []
@@ -127,9 +144,12 @@ def check_publication(guard: "Guard", path: Path, account: str | None) -> tuple[
     for word in bundle.trigger_words:
         findings += _part(guard.text_findings(word, surface, account, {"trigger_word": word}), "trigger_words")
     images = [p for p in bundle.images if p is not None]
+    errors = []
     for image, verdict in zip(images, guard._images([str(p) for p in images], Surface.COVER_IMAGE, account)):
         name = "cover" if image == bundle.cover else f"sample:{image.name}"
         findings += _part(verdict.findings, name)
+        if verdict.error:  # a part that could not be checked leaves the whole unchecked
+            errors.append(f"{name}: {verdict.error}")
     facts: dict[str, Any] = {"parts": {"text": sorted(bundle.text), "tags": len(bundle.tags),
                                        "trigger_words": len(bundle.trigger_words), "images": len(images),
                                        "model": str(bundle.model) if bundle.model else None}}
@@ -140,21 +160,23 @@ def check_publication(guard: "Guard", path: Path, account: str | None) -> tuple[
     strongest = Action.strongest(f.action for f in findings)
     facts["decided_by"] = sorted({f.evidence["part"] for f in findings if f.action is strongest}) \
         if strongest is not Action.ALLOW else []
-    return Verdict(str(path), surface, tuple(findings), facts=facts), account
+    return Verdict(str(path), surface, tuple(findings), facts=facts, error="; ".join(errors) or None,
+                   error_action=guard.policy.error_action), account
 
 
-def check_dataset(guard: "Guard", folder: Path, account: str | None) -> tuple[Verdict, list[Verdict]]:
+def check_dataset(guard: "Guard", folder: Path, account: str | None,
+                  confine: Sequence[Path] | None = None) -> tuple[Verdict, list[Verdict]]:
     """The training set's verdict and one per image (all unfinished)."""
     if not folder.is_dir():
         raise ConfigError(f"dataset {folder} is not a folder")
-    images = image_files(folder, recursive=True)
+    images = [confined(p, confine) if confine is not None else p for p in image_files(folder, recursive=True)]
     surface = Surface.TRAINING_IMAGE
     verdicts = guard._images([str(p) for p in images], surface, account)
     captions = 0
     for i, image in enumerate(images):
         for suffix in CAPTION_SUFFIXES:
             caption = image.with_suffix(suffix)
-            if caption.is_file():
+            if caption.is_file() and confined(caption, confine):
                 captions += 1
                 text = caption.read_bytes()[:100_000].decode("utf-8", errors="replace")
                 found = guard.text_findings(text, surface, account, {"caption": caption.name})
@@ -189,4 +211,7 @@ def check_dataset(guard: "Guard", folder: Path, account: str | None) -> tuple[Ve
     if not images:
         return format_finding(str(folder), surface, "the dataset folder holds no images"), []
     facts = {"images": len(images), "captions": captions}
-    return Verdict(str(folder), surface, tuple(findings), facts=facts), verdicts
+    failed = [v for v in verdicts if v.error]
+    error = f"{len(failed)} of {len(images)} images could not be checked: {failed[0].error}" if failed else None
+    return Verdict(str(folder), surface, tuple(findings), facts=facts, error=error,
+                   error_action=guard.policy.error_action), verdicts

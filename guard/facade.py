@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .bank import Bank, Character
 from .encoders import encoder_label, encoder_name, load_encoder
-from .errors import ConfigError
+from .errors import ConfigError, DeviceUnavailable
 from . import bundles
 from .bank.build import enroll
 from .bundles import is_bundle, read_bundle
@@ -412,23 +412,24 @@ class Guard:
                         "taken_down": entry.created})
 
     def take_down(self, item: str | os.PathLike, notice: str, character: str | None = None,
-                  reason: str | None = None) -> list:
+                  reason: str | None = None, *, confine: Sequence[Path] | None = None) -> list:
         """Put an item on the takedown list so it stays down; returns the entries made.
 
         A model file keeps its hashes and LoRA fingerprint; an image its SHA-256 and PDQ hash;
         a publication bundle (folder or JSON manifest) all of its model file and images.
+        ``confine``: folders every file read must lie below (`PathNotAllowed` otherwise).
         """
         if self.takedowns is None:
             raise ConfigError("no state folder: pass --state DIR (or GUARD_STATE) to keep a takedown list")
         if character is not None:
             self.bank.character(character)  # a typo in the character id is an error, not a silent entry
-        path = Path(item)
+        path = bundles.confined(Path(item), confine)
         entry = functools.partial(self.takedowns.add, notice, character=character, reason=reason)
         if is_bundle(path):
-            parts = read_bundle(path)
+            parts = read_bundle(path, confine)
             made = []
             for part in [parts.model] + parts.images if parts.model else parts.images:
-                made += self.take_down(part, notice, character, reason)
+                made += self.take_down(part, notice, character, reason, confine=confine)
             return made
         if is_image(path):
             try:
@@ -444,32 +445,36 @@ class Guard:
                       fingerprint=report.fingerprint)]
 
     # Datasets, publications, notices ------------------------------------------------------------
-    def check_dataset(self, folder: str | os.PathLike, account: str | None = None) -> tuple[Verdict, list[Verdict]]:
-        """Screen a LoRA training set: a verdict for the set and one per image (see `guard.bundles`)."""
-        folder = Path(folder)
+    def check_dataset(self, folder: str | os.PathLike, account: str | None = None, *,
+                      confine: Sequence[Path] | None = None) -> tuple[Verdict, list[Verdict]]:
+        """Screen a LoRA training set: a verdict for the set and one per image (see `guard.bundles`).
+        ``confine``: folders every file read must lie below (`PathNotAllowed` otherwise)."""
+        folder = bundles.confined(Path(folder), confine)
         if not folder.is_dir():
             raise ConfigError(f"dataset {folder} is not a folder")
         self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
         found: list[list[Verdict]] = []
 
         def work() -> list[Verdict]:
-            dataset, images = bundles.check_dataset(self, folder, account)
+            dataset, images = bundles.check_dataset(self, folder, account, confine)
             found.append(images)
             return [dataset]
 
         [dataset] = self._checked(work, lambda error: [self._error(str(folder), Surface.TRAINING_IMAGE, error)],
                                   account)
-        return dataset, [self._finish(v, account) for v in (found[0] if found and not dataset.error else [])]
+        return dataset, [self._finish(v, account) for v in (found[0] if found else [])]
 
-    def check_publication(self, bundle: str | os.PathLike, account: str | None = None) -> Verdict:
-        """Screen a whole publication before it goes public (see `guard.bundles`)."""
-        path = Path(bundle)
+    def check_publication(self, bundle: str | os.PathLike, account: str | None = None, *,
+                          confine: Sequence[Path] | None = None) -> Verdict:
+        """Screen a whole publication before it goes public (see `guard.bundles`).
+        ``confine``: folders every file read must lie below (`PathNotAllowed` otherwise)."""
+        path = bundles.confined(Path(bundle), confine)
         if not path.exists():
             raise ConfigError(f"publication {path} does not exist")
         owner: list[str | None] = [account]
 
         def work() -> list[Verdict]:
-            verdict, owner[0] = bundles.check_publication(self, path, account)
+            verdict, owner[0] = bundles.check_publication(self, path, account, confine)
             return [verdict]
 
         [verdict] = self._checked(work, lambda error: [self._error(str(path), Surface.PUBLICATION, error)],
@@ -593,7 +598,7 @@ def _encoder_for_bank(bank: Bank, options: Mapping[str, Any]):
     try:
         encoder = load_encoder(spec, **options)
     except ConfigError as exc:
-        if spec != bank.encoder:
+        if spec != bank.encoder or isinstance(exc, DeviceUnavailable):
             raise
         raise ConfigError(f"the bank's encoder {bank.encoder!r} cannot be loaded by that name ({exc}); "
                           "pass the encoder spec explicitly (--encoder)") from None

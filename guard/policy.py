@@ -22,7 +22,7 @@ import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError
 from .verdict import Action, Signal, Surface
@@ -161,6 +161,9 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     def fail(where: str, message: str) -> ConfigError:
         return ConfigError(f"policy {source}: {where}: {message}")
 
+    for section in ("policy", "signals", "text", "model", "dataset", "pdq", "strikes", "generation"):
+        if not isinstance(data.get(section, {}), dict):
+            raise fail(section, f"{data[section]!r} must be a table ([{section}])")
     allowed_top = {"policy", "signals", "encoders", "characters", "text", "model", "dataset", "pdq", "strikes",
                    "generation"}
     unknown = set(data) - allowed_top
@@ -176,38 +179,6 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     top_k = settings.get("top_k", 3)
     if not isinstance(top_k, int) or top_k < 1:
         raise fail("policy.top_k", f"{top_k!r} must be a positive integer")
-
-    def check_signals(table: Any, where: str) -> None:
-        if not isinstance(table, dict):
-            raise fail(where, "must be a table")
-        for name, layer in table.items():
-            try:
-                Signal(name)
-            except ValueError:
-                raise fail(f"{where}.{name}", f"unknown signal; known: {', '.join(s.value for s in Signal)}") from None
-            check_layer(layer, f"{where}.{name}")
-            for surface, sub in layer.get("surfaces", {}).items():
-                try:
-                    Surface(surface)
-                except ValueError:
-                    raise fail(f"{where}.{name}.surfaces.{surface}",
-                               f"unknown surface; known: {', '.join(s.value for s in Surface)}") from None
-                check_layer(sub, f"{where}.{name}.surfaces.{surface}")
-
-    def check_layer(layer: Any, where: str) -> None:
-        if not isinstance(layer, dict):
-            raise fail(where, "must be a table")
-        extra = set(layer) - _LAYER_KEYS - {"surfaces"}
-        if extra:
-            raise fail(where, f"unknown key(s) {', '.join(sorted(extra))}; allowed: flag, block, action, surfaces")
-        for key in ("flag", "block"):
-            value = layer.get(key)
-            if value is not None and (not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0):
-                raise fail(f"{where}.{key}", f"{value!r} must be a number in [-1, 1]")
-        if layer.get("flag") is not None and layer.get("block") is not None and layer["flag"] > layer["block"]:
-            raise fail(where, f"flag={layer['flag']} is above block={layer['block']}; flag must be the lower")
-        if "action" in layer and layer["action"] not in {a.value for a in Action}:
-            raise fail(f"{where}.action", f"{layer['action']!r} is not allow, flag or block")
 
     text = data.get("text", {})
     text_types = {"benign": list, "fuzzy": bool, "steer": bool, "window_words": int, "window_stride": int}
@@ -244,12 +215,65 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             raise fail(f"model.{key}", "unknown key; allowed: hash_mismatch, blake3")
         elif value not in {a.value for a in Action}:
             raise fail(f"model.{key}", f"{value!r} is not allow, flag or block")
-    check_signals(data.get("signals", {}), "signals")
-    for enc, table in data.get("encoders", {}).items():
-        check_signals(table.get("signals", {}), f"encoders.{enc}.signals")
+    check_signal_layers(data.get("signals", {}), "signals", fail)
+    for section, allowed in (("encoders", {"signals"}), ("characters", {"signals", "authorized_accounts"})):
+        tables = data.get(section, {})
+        if not isinstance(tables, dict):
+            raise fail(section, f"{tables!r} must be a table of tables, e.g. [{section}.\"<id>\".signals.clip_image]")
+        for key, table in tables.items():
+            if not isinstance(table, dict):
+                raise fail(f"{section}.{key}", f"{table!r} must be a table with keys {', '.join(sorted(allowed))}")
+            extra = set(table) - allowed
+            if extra:
+                raise fail(f"{section}.{key}", f"unknown key(s) {', '.join(sorted(extra))}; "
+                                               f"allowed: {', '.join(sorted(allowed))}")
+            check_signal_layers(table.get("signals", {}), f"{section}.{key}.signals", fail)
     for cid, table in data.get("characters", {}).items():
-        check_signals(table.get("signals", {}), f"characters.{cid}.signals")
         accounts = table.get("authorized_accounts", [])
         if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
             raise fail(f"characters.{cid}.authorized_accounts", "must be a list of account names")
     return json.loads(json.dumps(data))  # a plain, detached copy
+
+
+def check_signal_layers(table: Any, where: str, fail: Callable[[str, str], Exception]) -> None:
+    """Validate a table of per-signal threshold layers (the policy's ``[signals]``, its
+    encoder and character overrides, and a character.toml's ``[thresholds]``): ``fail(where,
+    message)`` makes the error to raise, naming the key, the bad value and what is allowed."""
+    if not isinstance(table, dict):
+        raise fail(where, f"{table!r} must be a table of signals, e.g. [{where}.clip_image]")
+    for name, layer in table.items():
+        try:
+            Signal(name)
+        except ValueError:
+            raise fail(f"{where}.{name}", f"unknown signal; known: {', '.join(s.value for s in Signal)}") from None
+        _check_layer(layer, f"{where}.{name}", fail)
+        surfaces = layer.get("surfaces", {})
+        if not isinstance(surfaces, dict):
+            raise fail(f"{where}.{name}.surfaces", f"{surfaces!r} must be a table of surfaces, e.g. "
+                                                   f"[{where}.{name}.surfaces.prompt]")
+        for surface, sub in surfaces.items():
+            try:
+                Surface(surface)
+            except ValueError:
+                raise fail(f"{where}.{name}.surfaces.{surface}",
+                           f"unknown surface; known: {', '.join(s.value for s in Surface)}") from None
+            _check_layer(sub, f"{where}.{name}.surfaces.{surface}", fail)
+            if "surfaces" in sub:
+                raise fail(f"{where}.{name}.surfaces.{surface}.surfaces", "surfaces do not nest")
+
+
+def _check_layer(layer: Any, where: str, fail: Callable[[str, str], Exception]) -> None:
+    if not isinstance(layer, dict):
+        raise fail(where, f"{layer!r} must be a table with flag/block thresholds or an action")
+    extra = set(layer) - _LAYER_KEYS - {"surfaces"}
+    if extra:
+        raise fail(where, f"unknown key(s) {', '.join(sorted(extra))}; allowed: flag, block, action, surfaces")
+    for key in ("flag", "block"):
+        value = layer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not -1.0 <= value <= 1.0):
+            raise fail(f"{where}.{key}", f"{value!r} must be a number in [-1, 1], e.g. {key} = 0.9")
+    if layer.get("flag") is not None and layer.get("block") is not None and layer["flag"] > layer["block"]:
+        raise fail(where, f"flag={layer['flag']} is above block={layer['block']}; flag must be the lower")
+    if "action" in layer and layer["action"] not in {a.value for a in Action}:
+        raise fail(f"{where}.action", f"{layer['action']!r} is not allow, flag or block")

@@ -148,7 +148,8 @@ def catalog_items(catalog: str | os.PathLike) -> list[tuple[str, str, str]]:
                 raise ConfigError(f"catalog {root} line {n}: not an item ({exc}); "
                                   'expected {"path": ..., "id": ..., "type": ...}') from None
             path = path if path.is_absolute() else root.parent / path
-            items.append((entry.get("type") or _kind(path), str(path), str(entry.get("id") or path)))
+            kind = entry.get("type") or _kind(path) or "unknown"
+            items.append((str(kind), str(path), str(entry.get("id") or path)))
         return items
     if not root.is_dir():
         raise ConfigError(f"catalog {root} is neither a folder nor a JSONL index")
@@ -186,4 +187,10 @@ def rescan(guard: Guard, catalog: str | os.PathLike) -> Iterator[Verdict]:
         if kind == "model":
             yield guard.check_model_file(path, subject=ident)
         elif kind == "publication":
-            yield guard.check_publication(path)
+            try:
+                yield guard.check_publication(path)
+            except ConfigError as exc:  # a catalog entry that points nowhere is still an answer
+                yield guard.refuse(ident, Surface.PUBLICATION, str(exc))
+        elif kind != "image":  # an item dropped would be an item never checked
+            yield guard.refuse(ident, Surface.PUBLICATION, f"catalog item type {kind!r} is not one the guard "
+                                                             "checks (image, model, publication)")

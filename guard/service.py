@@ -43,7 +43,7 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from .errors import ConfigError
+from .errors import ConfigError, PathNotAllowed
 from .facade import Guard
 from .scan import default_workers
 from .verdict import Action, Verdict
@@ -133,34 +133,35 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
         words = _field(body, "trigger_words", list, [])
+        if not all(isinstance(w, str) for w in words):
+            raise HTTPException(400, "'trigger_words' must be a list of strings")
         verdict = await on_file_slot(guard.check_model_file, path, account=_field(body, "account", str, None),
-                                     trigger_words=[str(w) for w in words],
-                                     metadata_only=bool(body.get("metadata_only", False)))
+                                     trigger_words=words, metadata_only=_field(body, "metadata_only", bool, False))
         return _answer(verdict)
 
     @v1.post("/dataset/path")
     async def dataset_path(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
-        verdict, _ = await on_file_slot(guard.check_dataset, path, _field(body, "account", str, None))
+        verdict, _ = await _confined(on_file_slot, guard.check_dataset, path, _field(body, "account", str, None),
+                                     confine=roots)
         return _answer(verdict)
 
     @v1.post("/publication/path")
     async def publication_path(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
-        verdict = await on_file_slot(guard.check_publication, path, _field(body, "account", str, None))
+        verdict = await _confined(on_file_slot, guard.check_publication, path, _field(body, "account", str, None),
+                                  confine=roots)
         return _answer(verdict)
 
     @v1.post("/takedown/path")
     async def takedown_path(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
-        try:
-            entries = await on_file_slot(guard.take_down, path, _field(body, "notice", str),
-                                         _field(body, "character", str, None), _field(body, "reason", str, None))
-        except ConfigError as exc:  # no state folder, an unknown character, an unreadable item
-            raise HTTPException(400, str(exc)) from None
+        entries = await _confined(on_file_slot, guard.take_down, path, _field(body, "notice", str),
+                                  _field(body, "character", str, None), _field(body, "reason", str, None),
+                                  confine=roots)
         return JSONResponse({"entries": [e.to_dict() for e in entries]})
 
     app.include_router(v1)
@@ -187,6 +188,17 @@ async def _check_images(guard: Guard, data: list[bytes], names: list[str], surfa
     try:
         return await _threaded(guard.check_images, data, surface=surface, account=account, subjects=names)
     except ValueError as exc:  # a surface that is not an image surface
+        raise HTTPException(400, str(exc)) from None
+
+
+async def _confined(run, fn, *args, **kwargs):
+    """A file check whose caller's mistakes answer 4xx: a path the bundle names outside the
+    allowed folders 403 (naming it), a missing or unusable item 400."""
+    try:
+        return await run(fn, *args, **kwargs)
+    except PathNotAllowed as exc:
+        raise HTTPException(403, str(exc)) from None
+    except ConfigError as exc:  # no state folder, an unknown character, a missing or unreadable item
         raise HTTPException(400, str(exc)) from None
 
 

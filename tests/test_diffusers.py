@@ -206,3 +206,30 @@ def test_latent_output_follows_the_policy(made, encoder):
     assert out.images.shape[1] == 4  # latents came back unchecked, as the policy allows
     with pytest.raises(Exception, match="generation.latent_output"):
         Policy.from_dict({"generation": {"latent_output": "sometimes"}})
+
+
+def test_adapter_decisions_are_in_the_audit_log(made, encoder, tmp_path):
+    """Early abort, latent refusal and a folder without weights are decisions: each is recorded."""
+    import json
+
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.load(), encoder, state=tmp_path / "state")
+    pipe = protect(tiny_pipeline(folder), guard, account="dora", early_abort_every=2, preview_size=64)
+    with pytest.raises(GuardBlocked) as info:
+        pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), **CALL)
+    assert info.value.step == 2
+    with pytest.raises(GuardBlocked, match="latent output"):
+        protect(tiny_pipeline(folder), guard, account="dora")("a dog", output_type="latent", **CALL)
+    empty = tmp_path / "empty_pipeline"
+    empty.mkdir()
+    with pytest.raises(GuardBlocked):
+        load_pipeline(type(pipe), empty, guard, account="dora")
+    rows = [json.loads(r["verdict"]) | {"account": r["account"]} for r in guard.audit.rows()]
+    aborted = [r for r in rows if r.get("facts", {}).get("early_abort_step") == 2]
+    assert aborted and aborted[0]["action"] == "block" and aborted[0]["findings"][0]["subject"] == "harbour-hero"
+    latent = [r for r in rows if r["subject"] == "latents"]
+    assert latent and latent[0]["action"] == "block" and "cannot be checked" in json.dumps(latent[0])
+    missing = [r for r in rows if r["subject"] == str(empty)]
+    assert missing and missing[0]["action"] == "block" and "no weight files" in json.dumps(missing[0])
+    assert {r["account"] for r in aborted + latent + missing} == {"dora"}
+    assert guard.audit.verify().ok

@@ -162,6 +162,67 @@ def test_path_routes_read_only_below_the_allowed_folders(served, bank_file, enco
         closed.stop()
 
 
+_OPENED: list[str] = []
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+        _OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_record_opens)  # audit hooks cannot be removed; it only appends paths
+
+
+def test_bundles_cannot_reach_outside_the_allowed_folders(served, tmp_path):
+    """A publication or dataset below an allowed folder that names, or links to, a file outside
+    it: 403 naming that path, and the outside file is never opened."""
+    service, guard, allowed = served
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = mf.write(outside / "secret.safetensors", mf.kohya_tensors(mf.lora_weights(4)))
+    secret_image = outside / "secret.png"
+    secret_image.write_bytes((DEMO_UPLOADS / "unrelated_1.png").read_bytes())
+    cases = {}
+    for name, manifest in {"relative": {"model": "../../outside/secret.safetensors"},
+                           "absolute": {"model": str(secret)},
+                           "cover": {"title": "ok", "cover": str(secret_image)}}.items():
+        folder = allowed / f"pub-{name}"
+        folder.mkdir()
+        (folder / "publication.json").write_text(json.dumps(manifest))
+        cases[name] = ("/v1/publication/path", folder)
+    linked = allowed / "pub-link"
+    linked.mkdir()
+    (linked / "model.safetensors").symlink_to(secret)
+    cases["symlink in a publication"] = ("/v1/publication/path", linked)
+    dataset = allowed / "dataset"
+    dataset.mkdir()
+    (dataset / "a.png").write_bytes((DEMO_UPLOADS / "unrelated_1.png").read_bytes())
+    (dataset / "b.png").symlink_to(secret_image)
+    cases["symlink in a dataset"] = ("/v1/dataset/path", dataset)
+    cases["takedown of a linking publication"] = ("/v1/takedown/path", linked)
+    rows = len(list(guard.audit.rows()))
+    for name, (route, folder) in cases.items():
+        _OPENED.clear()
+        status, answer, _ = service.call(route, {"path": str(folder), "notice": "N-1"})
+        assert status == 403, (name, answer)
+        assert "outside the folders" in answer["detail"] and "secret" in answer["detail"], name
+        assert not [p for p in _OPENED if "secret" in p], (name, _OPENED)
+    assert len(list(guard.audit.rows())) == rows  # refused requests check nothing
+    assert guard.takedowns.entries() == []
+
+
+def test_path_routes_answer_4xx_for_the_callers_mistakes(served):
+    service, _, allowed = served
+    for route in ("/v1/dataset/path", "/v1/publication/path", "/v1/takedown/path"):
+        status, answer, _ = service.call(route, {"path": str(allowed / "nope"), "notice": "N-1"})
+        assert status == 400 and "nope" in answer["detail"], (route, answer)
+    lora = mf.write(allowed / "hero.safetensors", mf.kohya_tensors(mf.lora_weights(1)))
+    status, answer, _ = service.call("/v1/model/path", {"path": str(lora), "metadata_only": "false"})
+    assert status == 400 and "metadata_only" in answer["detail"]
+    status, verdict, _ = service.call("/v1/model/path", {"path": str(lora), "metadata_only": False})
+    assert status == 200 and verdict["facts"].get("sha256")  # hashed: not header-only
+
+
 def test_a_takedown_through_the_service_keeps_a_stripped_reupload_down(served, tmp_path):
     service, _, allowed = served
     w = mf.lora_weights(5)
@@ -272,3 +333,26 @@ def test_guard_serve_refuses_bad_settings(bank_file, tmp_path, capsys):
     (tmp_path / "token").write_text("short")
     assert main(["serve", "--bank", str(bank_file), "--token-file", str(tmp_path / "token")]) == 2
     assert "shorter than 16" in capsys.readouterr().err
+
+
+def test_a_takedown_added_by_another_process_is_honoured_at_once(served, bank_file, encoder, tmp_path):
+    """A running service and a second Guard on one state folder see a `guard takedown add` made
+    by a separate CLI process at their next check, without a restart."""
+    service, guard, allowed = served
+    lora = mf.write(allowed / "style.safetensors", mf.kohya_tensors(mf.lora_weights(9)))
+    second = Guard(Bank.load(bank_file), Policy.load(), encoder, state=tmp_path / "state")
+    assert service.call("/v1/model/path", {"path": str(lora)})[1]["action"] == "allow"
+    assert second.check_model_file(lora).action.value == "allow"
+    proc = subprocess.run([sys.executable, "-m", "guard.cli", "takedown", "add", str(lora), "--notice", "DMCA-77",
+                           "--bank", str(bank_file), "--state", str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    status, verdict, _ = service.call("/v1/model/path", {"path": str(lora)})
+    assert status == 200 and verdict["action"] == "block"
+    assert verdict["findings"][0]["evidence"]["notice"] == "DMCA-77"
+    assert second.check_model_file(lora).action.value == "block"
+    proc = subprocess.run([sys.executable, "-m", "guard.cli", "takedown", "remove", "--notice", "DMCA-77",
+                           "--state", str(tmp_path / "state"), "--bank", str(bank_file)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert service.call("/v1/model/path", {"path": str(lora)})[1]["action"] == "allow"

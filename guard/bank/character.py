@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BankError
+from ..policy import check_signal_layers
 from ..images import image_files
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -104,9 +105,15 @@ class Character:
         if not isinstance(k, int) or k < 1:
             raise BankError(f"{where}: keyword_k={k!r} must be a positive integer")
         thresholds = data.get("thresholds", {})
-        if not isinstance(thresholds, dict):
-            raise BankError(f"{where}: thresholds must be a table like [thresholds.clip_image]")
-        refs = tuple(Reference(str(r["file"]), str(r["sha256"])) for r in data.get("references", []))
+        # The policy's own validator: a bad threshold fails here, when the bank is built or
+        # loaded, naming the file, never later inside a check.
+        check_signal_layers(thresholds, "thresholds", lambda key, message: BankError(f"{where}: {key}: {message}"))
+        references = data.get("references", [])
+        if not isinstance(references, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("file"), str) and isinstance(r.get("sha256"), str)
+                for r in references):
+            raise BankError(f"{where}: references must be a list of {{file, sha256}} objects")
+        refs = tuple(Reference(r["file"], r["sha256"]) for r in references)
         return cls(
             id=cid, names=dict(names), aliases=strings("aliases"),
             keywords=tuple(tuple(s) for s in keywords), keyword_k=k,

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -193,13 +193,22 @@ class Bank:
             manifest = json.loads(meta[MANIFEST_KEY])
         except json.JSONDecodeError as exc:
             raise BankError(f"bank {path}: manifest is not JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise BankError(f"bank {path}: manifest must be a JSON object")
         return cls._from_parts(manifest, tensors, str(path), _file_sha256(path))
 
     @classmethod
-    def _from_parts(cls, manifest: Mapping, tensors: Mapping[str, torch.Tensor], where: str, digest: str):
+    def _from_parts(cls, manifest: Any, tensors: Mapping[str, torch.Tensor], where: str, digest: str):
         if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
             raise BankError(f"bank {where}: format {manifest.get('format')!r} version "
                             f"{manifest.get('version')!r}; this guard reads {FORMAT} version {FORMAT_VERSION}")
+        for key, kind in (("dim", int), ("encoder", str), ("characters", list)):
+            if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+                raise BankError(f"bank {where}: manifest key {key!r} is {manifest.get(key)!r}, expected a "
+                                f"{kind.__name__}; rebuild the bank with: guard bank build REFS_DIR -o BANK")
+        if not all(isinstance(c, dict) for c in manifest["characters"]):
+            raise BankError(f"bank {where}: every entry of the manifest's 'characters' must be an object; "
+                            "rebuild the bank with: guard bank build REFS_DIR -o BANK")
         needed = {"image_embeddings", "image_owner", "image_ref", "text_embeddings", "text_owner"}
         if not needed <= set(tensors):
             raise BankError(f"bank {where}: missing tensors {', '.join(sorted(needed - set(tensors)))}")

@@ -181,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("guard: interrupted")
         return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 (the guard's own bug: one line, exit 1; -v shows where)
+        log.debug("internal error", exc_info=True)
+        err.print(f"[red]guard: internal error: {type(exc).__name__}: {exc}[/] (run with -v for details)",
+                  highlight=False)
+        return EXIT_FAILED
 
 
 # Commands ----------------------------------------------------------------------------------
@@ -441,11 +446,17 @@ def cmd_audit_report(args) -> int:
     report = build_report(AuditLog(state), TakedownList(state), args.since, args.until)
     text = json.dumps(report, ensure_ascii=False, indent=2)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--output {args.output}: cannot write it ({exc.strerror or exc})") from None
     else:
         print(text)
     if args.html:
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        try:
+            Path(args.html).write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--html {args.html}: cannot write it ({exc.strerror or exc})") from None
         err.print(f"wrote {args.html}", highlight=False)
     return EXIT_OK
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import ConfigError, EncoderUnavailable
+from ..errors import ConfigError, DeviceUnavailable, EncoderUnavailable
 from ..images import ImageInput, UnreadableImage, open_rgb
 from .spec import EncoderSpec, SpecKind, TINY_TEST, parse_spec
 
@@ -162,7 +162,12 @@ def load_encoder(spec: str, *, device: str | None = None, precision: str | None 
     import open_clip
 
     parsed = parse_spec(spec)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceUnavailable(f"device {device!r} is not a device torch knows ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
     prec = precision or ("fp16" if dev.type == "cuda" else "fp32")
     if allow_download is None:
         allow_download = os.environ.get("GUARD_ALLOW_DOWNLOAD", "") == "1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickletools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,16 @@ def inspect_model(path: str | os.PathLike, metadata_only: bool = False, want_fin
                 report.problems.append(f"a safetensors file named {suffix}: loaders choose by suffix, and "
                                        "torch.load would read it as a pickle; rename it .safetensors")
             _inspect_safetensors(report, fh, size, head, metadata_only, want_fingerprint, blake3)
+            if report.problems and head[:1] in _PICKLE_OPENERS and not _plausible_safetensors(head):
+                # Not safetensors, and it opens like a pickle: what would a pickle loader run?
+                fh.seek(0)
+                _inspect_pickle(report, fh, size, True, blake3)
+                report.container = "safetensors"
     return report
+
+
+#: First bytes of a pickle: every opcode pickletools knows (protocol 0 has no PROTO opcode).
+_PICKLE_OPENERS = frozenset(bytes([op.code.encode("latin-1")[0]]) for op in pickletools.opcodes)
 
 
 def _read_as_pickle(head: bytes, suffix: str) -> bool:

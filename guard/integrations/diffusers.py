@@ -26,7 +26,7 @@ from PIL import Image
 from ..errors import ConfigError, GuardError
 from ..facade import Guard
 from ..scan import find_model_files
-from ..verdict import Action, Verdict, format_finding
+from ..verdict import Action, Verdict
 from ..verdict import Surface
 
 __all__ = ["GuardBlocked", "protect", "load_pipeline"]
@@ -98,9 +98,10 @@ def load_pipeline(cls, path: str | os.PathLike, guard: Guard, *, account: str | 
         verdicts = [guard.check_model_file(f, account=account) for f in find_model_files([path])]
     else:
         raise ConfigError(f"load_pipeline loads local files only ({path} is not one): download, then scan")
-    if any(v.blocked for v in verdicts) or not verdicts:
-        raise GuardBlocked(verdicts or [format_finding(str(path), Surface.MODEL_FILE, "no weight files")],
-                           "loading this checkpoint")
+    if not verdicts:
+        verdicts = [guard.refuse(str(path), Surface.MODEL_FILE, "the folder holds no weight files", account)]
+    if any(v.blocked for v in verdicts):
+        raise GuardBlocked(verdicts, "loading this checkpoint")
     if path.is_file():
         pipe = cls.from_single_file(str(path), **kwargs)
     else:
@@ -174,16 +175,16 @@ def _call(self, *args, guard_account: str | None = None, **kwargs):
     # 3. Generation.
     output = base_call(self, *args, **kwargs)
     if aborted:
-        raise GuardBlocked(aborted["verdicts"], "this generation", step=aborted["step"])
+        recorded = guard.record_decision(aborted["verdicts"], account, early_abort_step=aborted["step"])
+        raise GuardBlocked(recorded, "this generation", step=aborted["step"])
 
     # 4. Outputs.
     output_type = kwargs.get("output_type", "pil")
     images = output.images if hasattr(output, "images") else output[0]
     if output_type == "latent":
-        if guard.policy.section("generation").get("latent_output", "refuse") == "refuse":
-            raise GuardBlocked([format_finding("latents", Surface.GENERATED_IMAGE,
-                                               "latent output cannot be checked (policy: refuse)")],
-                               "latent output")
+        verdict = guard.check_latent_output(account)
+        if verdict.blocked:
+            raise GuardBlocked([verdict], "latent output")
         return output
     checked = guard.check_images(_as_checkable(images, output_type), surface=Surface.GENERATED_IMAGE,
                                  account=account)
