@@ -233,3 +233,35 @@ def test_adapter_decisions_are_in_the_audit_log(made, encoder, tmp_path):
     assert missing and missing[0]["action"] == "block" and "no weight files" in json.dumps(missing[0])
     assert {r["account"] for r in aborted + latent + missing} == {"dora"}
     assert guard.audit.verify().ok
+
+
+def test_an_empty_or_short_negative_list_drops_no_prompt(pipe_and_guard):
+    """negative_prompt=[] (accepted by SD 1.5 when guidance_scale <= 1) or a list shorter than
+    the prompts used to zip the prompts away: every prompt is screened, the UNet never runs."""
+    pipe, guard, calls = pipe_and_guard
+    for negative, prompts in (([], ["harbour hero on a boat"]),
+                              (["blurry"], ["a dog", "harbour hero on a boat"])):
+        before = len(list(guard.audit.rows()))
+        with pytest.raises(GuardBlocked) as info:
+            pipe(prompts, negative_prompt=negative, guidance_scale=1.0, **CALL)
+        assert calls == [] and info.value.verdict.findings[0].subject == "harbour-hero", negative
+        assert len(list(guard.audit.rows())) - before == len(prompts)
+
+
+def test_steering_keeps_a_string_negative_a_string(made, encoder):
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.from_dict({"text": {"steer": True},
+                                                     "signals": {"alias": {"action": "flag"}}}), encoder)
+    pipe = protect(tiny_pipeline(folder), guard)
+    seen = []
+    encode = pipe.encode_prompt
+
+    def spy(prompt, device, num_images, cfg, negative_prompt=None, **kwargs):
+        seen.append((prompt, negative_prompt))
+        return encode(prompt, device, num_images, cfg, negative_prompt, **kwargs)
+
+    pipe.encode_prompt = spy
+    pipe("harbour hero on a boat", negative_prompt="blurry", **CALL)  # CFG on: a str negative (was a TypeError)
+    [(prompt, negative)] = seen
+    assert isinstance(prompt, str) and isinstance(negative, str)
+    assert negative.startswith("blurry, ") and "Harbour Hero" in negative

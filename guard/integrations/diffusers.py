@@ -152,20 +152,24 @@ def _call(self, *args, guard_account: str | None = None, **kwargs):
     guard, account = settings.guard, settings.account
     base_call = type(self).__mro__[1].__call__
 
-    # 1. Prompts, before any GPU work.
+    # 1. Prompts, before any GPU work: every prompt argument the pipeline takes, every element.
+    # Negatives only pair with their prompts (a missing or short negative list never drops one).
     prompt = kwargs.get("prompt", args[0] if args else None)
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else []
+    prompts = _texts(prompt)
     negative = kwargs.get("negative_prompt")
-    negatives = negative if isinstance(negative, list) else [negative] * max(1, len(prompts))
-    if prompts:
-        verdicts = [guard.check_prompt(p, negative=n, account=account) for p, n in zip(prompts, negatives)]
-    else:
+    negatives = _texts(negative) if isinstance(negative, list) else [negative] * len(prompts)
+    negatives += [None] * (len(prompts) - len(negatives))
+    others = [text for name in _OTHER_PROMPTS if name in kwargs for text in _texts(kwargs[name])]
+    verdicts = [guard.check_prompt(p, negative=n, account=account) for p, n in zip(prompts, negatives)]
+    verdicts += [guard.check_prompt(text, account=account) for text in others]
+    if not verdicts:
         verdicts = [guard.unscreened_prompt("called with prompt_embeds: the prompt text was not available",
                                             account)]
     if any(v.blocked for v in verdicts):
         raise GuardBlocked(verdicts, "this prompt")
-    if any(v.steer for v in verdicts):
-        kwargs["negative_prompt"] = [", ".join(x for x in (n, v.steer) if x) for n, v in zip(negatives, verdicts)]
+    if any(v.steer for v in verdicts[:len(prompts)]):
+        steered = [", ".join(x for x in (n, v.steer) if x) for n, v in zip(negatives, verdicts)]
+        kwargs["negative_prompt"] = steered[0] if isinstance(prompt, str) else steered
 
     # 2. Early abort, composed with the caller's own callback.
     aborted: dict[str, Any] = {}
@@ -196,6 +200,17 @@ def _call(self, *args, guard_account: str | None = None, **kwargs):
         return output
     self.guard_verdicts = checked
     return (images, *tuple(output)[1:])
+
+
+#: Prompt arguments besides ``prompt`` (SDXL, SD3, Flux's T5 prompt): screened like it.
+_OTHER_PROMPTS = ("prompt_2", "prompt_3")
+
+
+def _texts(value: Any) -> list:
+    """A prompt argument as a list of texts (a str, a list of str, or None)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _add_early_abort(pipe, kwargs: dict, settings: _Settings, aborted: dict) -> None:
