@@ -185,3 +185,18 @@ def test_a_directory_scan_survives_a_file_that_breaks_the_gate(guard, tmp_path, 
     assert [Path(v.subject).name for v in verdicts] == ["a.ckpt", "b.pt"]
     assert verdicts[0].action is Action.BLOCK and "injected failure" in verdicts[0].error
     assert verdicts[1].action is Action.ALLOW
+
+
+def test_safetensors_strictness_matches_the_reference(guard, tmp_path):
+    """Lone surrogates and headers over 100,000,000 bytes are refused for exactly that reason."""
+    import struct
+
+    from .canaries import _lone_surrogate
+
+    cases = {"surrogate.safetensors": (_lone_surrogate(), "lone surrogate"),
+             "long.safetensors": (struct.pack("<Q", 100_000_008) + b"{", "over the 100000000-byte limit")}
+    for name, (data, needle) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        verdict = guard.check_model_file(path)
+        assert verdict.action is Action.BLOCK and needle in verdict.findings[0].evidence["reason"], name
