@@ -5,12 +5,10 @@ only *writes* a pickle) or assembled opcode by opcode. Nothing here ever loads t
 """
 
 import functools
-import io
 import os
 import pickle
 import struct
 import subprocess
-import zipfile
 from collections import OrderedDict
 
 import pytest
@@ -19,13 +17,7 @@ import torch
 from guard import Action, Signal
 from guard.extract.pickle_scan import scan_file
 
-
-class Reduce:
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
+from .canaries import Reduce, _zip, legacy, torch_zip
 
 
 def memo_stack_global(module: str, name: str, arg: str) -> bytes:
@@ -36,22 +28,6 @@ def memo_stack_global(module: str, name: str, arg: str) -> bytes:
     body = (s(module) + b"\x94" + s(name) + b"\x94" + b"0" + b"0"  # MEMOIZE twice, POP the copies
             + b"h\x00" + b"h\x01" + b"\x93" + s(arg) + b"\x85" + b"R" + b".")  # BINGET 0/1, STACK_GLOBAL
     return b"\x80\x04" + body
-
-
-def torch_zip(pkl: bytes, extra: dict[str, bytes] | None = None, before: bytes = b"") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in (extra or {}).items():
-            z.writestr(name, data)
-        z.writestr("archive/data.pkl", pkl)
-        z.writestr("archive/version", "3\n")
-    return before + buf.getvalue()
-
-
-def legacy(main_pickle: bytes) -> bytes:
-    magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
-    return (magic + pickle.dumps(1001, protocol=2) + pickle.dumps({"little_endian": True}, protocol=2)
-            + main_pickle + pickle.dumps([], protocol=2))
 
 
 @pytest.fixture()
@@ -93,14 +69,6 @@ def canaries(tmp_path):
         path.write_bytes(data)
         paths[name] = path
     return marker, paths
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 def test_every_canary_is_blocked_and_nothing_runs(guard, canaries):
