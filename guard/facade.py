@@ -239,9 +239,15 @@ class Guard:
 
     def unscreened_prompt(self, reason: str, account: str | None = None) -> Verdict:
         """The (recorded) verdict for a generation whose prompt text was not available, e.g.
-        a caller passing ``prompt_embeds``: allowed, and saying so."""
-        return self._finish(Verdict("<prompt text not available>", Surface.PROMPT,
-                                    facts={"screened": False, "reason": reason}), account)
+        a caller passing ``prompt_embeds``: as the policy's ``[generation] unscreened_prompt``
+        says, allowed and saying so, or blocked."""
+        subject = "<prompt text not available>"
+        if self.policy.generation.unscreened_prompt == "block":
+            verdict = format_finding(subject, Surface.PROMPT, f"{reason} (policy: block unscreened prompts)")
+            verdict = dataclasses.replace(verdict, facts={"screened": False})
+        else:
+            verdict = Verdict(subject, Surface.PROMPT, facts={"screened": False, "reason": reason})
+        return self._finish(verdict, account)
 
     # Decisions an adapter reaches (it acts; the verdicts are made and recorded here) ----------
     def refuse(self, subject: str, surface: Surface | str, reason: str, account: str | None = None) -> Verdict:
@@ -252,7 +258,7 @@ class Guard:
     def check_latent_output(self, account: str | None = None) -> Verdict:
         """The recorded verdict for a generation that returns latents, which cannot be checked:
         blocked unless the policy's ``[generation] latent_output = "pass"``."""
-        if self.policy.section("generation").get("latent_output", "refuse") == "refuse":
+        if self.policy.generation.latent_output == "refuse":
             verdict = format_finding("latents", Surface.GENERATED_IMAGE,
                                      "latent output cannot be checked (policy: refuse)")
         else:

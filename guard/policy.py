@@ -39,6 +39,16 @@ class Decision:
     threshold: float
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """``[generation]``: what the generation hooks do where no score decides."""
+
+    latent_output: str       # "refuse" | "pass"
+    unscreened_prompt: str   # "allow" | "block"
+    early_abort_every: int   # 0: no early abort
+    preview_edge: int        # pixels
+
+
 class Policy:
     """A validated policy. Build with `Policy.load` or `Policy.from_dict`."""
 
@@ -52,6 +62,8 @@ class Policy:
         self.name: str = settings.get("name", "unnamed")
         self.fail_mode: str = settings.get("fail_mode", "closed")
         self.top_k: int = int(settings.get("top_k", 3))
+        # A policy that does not inherit still gets the shipped file's values for what it omits.
+        self.generation = GenerationSettings(**{**_default_data()["generation"], **self._data.get("generation", {})})
         self.digest = hashlib.sha256(
             json.dumps(self._data, sort_keys=True, ensure_ascii=False).encode()
         ).hexdigest()
@@ -149,6 +161,11 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: ``[generation]``: the generation hooks' settings (their defaults live in the TOML).
+_GENERATION_CHOICES = {"latent_output": ("refuse", "pass"), "unscreened_prompt": ("allow", "block")}
+_GENERATION_NUMBERS = {"early_abort_every": 0, "preview_edge": 16}  # the smallest value each may take
+
+
 def _fits(value: Any, kind: type, lo: float | None, hi: float | None) -> bool:
     if kind is bool or isinstance(value, bool):
         return kind is bool and isinstance(value, bool)
@@ -205,8 +222,15 @@ def _validate(data: Mapping[str, Any], source: str) -> dict[str, Any]:
                     f"{'an integer' if kind is int else 'a number'} from {lo}" + (f" to {hi}" if hi is not None else "")
                 raise fail(f"{section}.{key}", f"{value!r} must be {wanted}")
     for key, value in data.get("generation", {}).items():
-        if key != "latent_output" or value not in ("refuse", "pass"):
-            raise fail(f"generation.{key}", "allowed: latent_output = \"refuse\" or \"pass\"")
+        if key in _GENERATION_CHOICES:
+            if value not in _GENERATION_CHOICES[key]:
+                raise fail(f"generation.{key}", f"{value!r} is not " + " or ".join(map(repr, _GENERATION_CHOICES[key])))
+        elif key in _GENERATION_NUMBERS:
+            if not _fits(value, int, _GENERATION_NUMBERS[key], None):
+                raise fail(f"generation.{key}", f"{value!r} must be an integer from {_GENERATION_NUMBERS[key]}")
+        else:
+            raise fail(f"generation.{key}", "unknown key; allowed: " + ", ".join([*_GENERATION_CHOICES,
+                                                                                  *_GENERATION_NUMBERS]))
     for key, value in data.get("model", {}).items():
         if key == "blake3":
             if not isinstance(value, bool):

@@ -27,15 +27,26 @@ from .verdict import Surface, Verdict
 _worker: Guard | None = None
 
 
-def find_model_files(paths: Sequence[str | os.PathLike], everything: bool = False) -> list[str]:
-    """Files as given; folders: their model files (every file with ``everything``), sorted,
-    without following symlinked folders (no loops)."""
+def find_model_files(paths: Sequence[str | os.PathLike], everything: bool = False,
+                     follow_links: bool = False) -> list[str]:
+    """Files as given; folders: their model files (every file with ``everything``), sorted.
+
+    A catalog scan does not follow symlinked folders. A loader does (``from_pretrained``
+    reads a symlinked component folder), so ``follow_links`` walks them too, each real
+    folder once (a link loop ends there).
+    """
     found: list[str] = []
     for raw in map(os.fspath, paths):
         if not os.path.isdir(raw):
             found.append(raw)
             continue
-        for root, dirs, names in os.walk(raw, followlinks=False):
+        seen: set[str] = set()
+        for root, dirs, names in os.walk(raw, followlinks=follow_links):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs.sort()
             found += [os.path.join(root, n) for n in sorted(names) if everything or is_model_file(Path(n))]
     return found

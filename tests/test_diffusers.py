@@ -175,13 +175,14 @@ def test_example_generation_server_on_loopback(made, encoder, tmp_path):
     from examples.generation_server import make_server
 
     guard = Guard(Bank.load(bank), Policy.load(), encoder, state=tmp_path)
-    server = make_server(guard, tiny_pipeline(folder), port=0)
+    server = make_server(guard, tiny_pipeline(folder), port=0, accounts={"t-carol": "carol", "t-ex": "Example"})
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/generate"
 
-    def post(body):
-        request = urllib.request.Request(url, data=_json.dumps(body).encode(), method="POST")
+    def post(body, token=None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(url, data=_json.dumps(body).encode(), method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, _json.loads(response.read())
@@ -189,11 +190,14 @@ def test_example_generation_server_on_loopback(made, encoder, tmp_path):
             return error.code, _json.loads(error.read())
 
     try:
-        status, body = post({"prompt": "a dog", "steps": 2, "account": "carol"})
+        status, body = post({"prompt": "a dog", "steps": 2}, token="t-carol")
         assert status == 200 and body["image_png_base64"] and body["verdicts"][0]["action"] == "allow"
         status, body = post({"prompt": "Harbour Hero portrait", "steps": 2})
         assert status == 403 and body["verdicts"][0]["findings"][0]["subject"] == "harbour-hero"
         assert post({"nope": 1})[0] == 400
+        # The account comes from authentication: a client cannot claim to be someone.
+        assert post({"prompt": "a dog", "steps": 2, "account": "carol"})[0] == 400
+        assert post({"prompt": "a dog", "steps": 2}, token="forged")[0] == 401
     finally:
         server.shutdown()
     assert {r["account"] for r in guard.audit.rows()} >= {"carol"}
@@ -265,3 +269,75 @@ def test_steering_keeps_a_string_negative_a_string(made, encoder):
     [(prompt, negative)] = seen
     assert isinstance(prompt, str) and isinstance(negative, str)
     assert negative.startswith("blurry, ") and "Harbour Hero" in negative
+
+
+@pytest.mark.parametrize("output_type", [None, "numpy", "PIL", "pil", "np", "pt"])
+def test_a_blocked_output_is_replaced_whatever_the_output_type(made, encoder, output_type):
+    """diffusers treats an output_type it does not know as "np"; the guard reads what came back."""
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.load(), encoder)
+    pipe = protect(tiny_pipeline(folder), guard)
+    out = pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), output_type=output_type, **CALL)
+    assert out.guard_blocked == [True]
+    assert float(np.asarray(out.images[0]).max()) == 0.0
+    images, _ = protect(tiny_pipeline(folder), guard)("a quiet harbour", generator=torch.Generator().manual_seed(3),
+                                                      output_type=output_type, return_dict=False, **CALL)
+    assert float(np.asarray(images[0]).max()) == 0.0
+
+
+def test_early_abort_fires_at_the_default_preview_size(made, encoder):
+    """The preview follows the image (64 px here), so the default settings catch it."""
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.from_dict({"generation": {"early_abort_every": 2}}), encoder)
+    pipe = protect(tiny_pipeline(folder), guard)
+    calls = []
+    pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(GuardBlocked) as info:
+        pipe("a quiet harbour", generator=torch.Generator().manual_seed(3), **CALL)
+    assert info.value.step == 2 and len(calls) == 2
+
+
+class _System:
+    def __reduce__(self):
+        import os
+        return os.system, ("echo pwned",)
+
+
+def test_a_clean_bin_folder_loads_and_a_poisoned_one_does_not(made, encoder, tmp_path):
+    """A torch zip's raw storages may start with 0x80; only its data.pkl is a pickle."""
+    from diffusers import StableDiffusionPipeline
+
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.load(), encoder)
+    saved = tmp_path / "bin_pipeline"
+    tiny_pipeline(folder).save_pretrained(saved, safe_serialization=False)
+    assert (saved / "unet" / "diffusion_pytorch_model.bin").is_file()
+    pipe = load_pipeline(StableDiffusionPipeline, saved, guard)
+    assert pipe("a dog", **CALL).guard_blocked == [False]
+
+    weights = saved / "unet" / "diffusion_pytorch_model.bin"
+    with zipfile.ZipFile(weights, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": _System()}, protocol=2))
+    with pytest.raises(GuardBlocked) as info:
+        load_pipeline(StableDiffusionPipeline, saved, guard)
+    assert info.value.verdict.findings[0].signal is Signal.PICKLE
+
+
+def test_a_symlinked_component_folder_is_scanned(made, encoder, tmp_path):
+    """from_pretrained follows a symlinked component folder, so the scan does too."""
+    from diffusers import StableDiffusionPipeline
+
+    folder, bank = made
+    guard = Guard(Bank.load(bank), Policy.load(), encoder, state=tmp_path / "state")
+    saved = tmp_path / "pipeline"
+    tiny_pipeline(folder).save_pretrained(saved)
+    elsewhere = tmp_path / "elsewhere_unet"
+    (saved / "unet").rename(elsewhere)
+    (saved / "unet").symlink_to(elsewhere, target_is_directory=True)
+    guard.take_down(elsewhere / "diffusion_pytorch_model.safetensors", "N-7", character="harbour-hero")
+    with pytest.raises(GuardBlocked) as info:
+        load_pipeline(StableDiffusionPipeline, saved, guard)
+    assert info.value.verdict.subject.endswith("unet/diffusion_pytorch_model.safetensors")
+    (saved / "loop").symlink_to(saved, target_is_directory=True)  # a link loop ends the walk, not the scan
+    with pytest.raises(GuardBlocked):
+        load_pipeline(StableDiffusionPipeline, saved, guard)
