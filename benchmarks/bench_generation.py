@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from guard import Guard, Policy  # noqa: E402
 from guard.bank import build_bank  # noqa: E402
 from guard.encoders import load_encoder  # noqa: E402
-from guard.integrations.diffusers import GuardBlocked, protect  # noqa: E402
+from guard.adapters.diffusers import GuardBlocked, protect  # noqa: E402
 from tests.tiny_pipeline import FAMILIES, preview_at, tiny_pipeline  # noqa: E402
 
 

@@ -24,8 +24,8 @@ from guard import Bank, Guard, Policy
 from guard.bank import Character, Entry
 from guard.bank.character import Reference
 from guard.encoders.openclip import OpenClipEncoder
-from guard.images import open_rgb
-from guard.synthetic import character, render
+from guard.extract.images import open_rgb
+from guard.testing.synthetic import character, render
 
 
 def main() -> None:

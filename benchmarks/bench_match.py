@@ -25,7 +25,7 @@ import torch
 
 from guard.match.embedding import CHUNK_ROWS, EmbeddingIndex
 from guard.policy import Policy
-from guard.synthetic import clustered_embeddings
+from guard.testing.synthetic import clustered_embeddings
 from guard.verdict import Signal, Surface
 
 

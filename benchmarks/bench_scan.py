@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from guard import Bank, Guard, Policy  # noqa: E402
 from guard.extract.hashes import _blake3  # noqa: E402
-from guard.scan import _POOL_FROM_HEADERS, default_workers, scan_files  # noqa: E402
+from guard.adapters.scan import _POOL_FROM_HEADERS, default_workers, scan_files  # noqa: E402
 
 
 def write_lora(path: Path, seed: int, layers: int, width: int, rank: int) -> None:

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from guard import Guard  # noqa: E402
-from guard.integrations.diffusers import GuardBlocked, load_pipeline, protect  # noqa: E402
+from guard.adapters.diffusers import GuardBlocked, load_pipeline, protect  # noqa: E402
 
 
 def make_server(guard: Guard, pipe, host: str = "127.0.0.1", port: int = 0, size: int = 64,

@@ -2,7 +2,7 @@
 
     python examples/make_demo_data.py
 
-Each demo character is a seeded drawing (guard.synthetic); its references are three
+Each demo character is a seeded drawing (guard.testing.synthetic); its references are three
 poses of it. The sample uploads and model files show each kind of verdict the demo prints.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from guard.synthetic import character, render
+from guard.testing.synthetic import character, render
 
 HERE = Path(__file__).resolve().parent
 CHARACTERS = {"ultraman": 11, "mario": 12, "pikachu": 13, "doraemon": 14}

@@ -6,12 +6,12 @@ The public API is re-exported here; everything else is private.
 
 __version__ = "0.1.0"
 
-from .bank import Bank, Character, build_bank  # noqa: E402
-from .encoders import load_encoder  # noqa: E402
-from .errors import BankError, ConfigError, EncoderUnavailable, GuardError  # noqa: E402
-from .facade import Guard  # noqa: E402
-from .policy import Policy  # noqa: E402
-from .verdict import Action, Finding, Signal, Surface, Verdict  # noqa: E402
+from guard.bank import Bank, Character, build_bank  # noqa: E402
+from guard.encoders import load_encoder  # noqa: E402
+from guard.errors import BankError, ConfigError, EncoderUnavailable, GuardError  # noqa: E402
+from guard.facade import Guard  # noqa: E402
+from guard.policy import Policy  # noqa: E402
+from guard.verdict import Action, Finding, Signal, Surface, Verdict  # noqa: E402
 
 __all__ = [
     "Guard", "Verdict", "Finding", "Action", "Signal", "Surface", "Policy", "Bank", "Character",

@@ -57,6 +57,36 @@ class Signal(str, enum.Enum):
     PDQ = "pdq"
     PICKLE = "pickle"
     FORMAT = "format"
+    #: A training set's share of images that show a character (``[dataset]`` decides).
+    DATASET_SHARE = "dataset_share"
+
+    @property
+    def measure(self) -> "Measure":
+        """What this signal's score is, and so how it is compared with its threshold."""
+        return _MEASURES.get(self, Measure.EXACT)
+
+    @property
+    def scored(self) -> bool:
+        """Whether the policy's ``flag``/``block`` similarity thresholds apply to this signal."""
+        return self in _SCORED
+
+
+class Measure(str, enum.Enum):
+    """What a finding's score is. Similarities and shares reach a threshold from below, a
+    distance from above; an exact rule has a score of 1.0 and no threshold."""
+
+    SIMILARITY = "similarity"
+    SHARE = "share"
+    DISTANCE = "distance"
+    EXACT = "exact"
+
+
+_MEASURES = {Signal.CLIP_IMAGE: Measure.SIMILARITY, Signal.CLIP_TEXT: Measure.SIMILARITY,
+             Signal.FINGERPRINT: Measure.SIMILARITY, Signal.ALIAS: Measure.SIMILARITY,
+             Signal.METADATA: Measure.SIMILARITY, Signal.KEYWORDS: Measure.SHARE,
+             Signal.DATASET_SHARE: Measure.SHARE, Signal.PDQ: Measure.DISTANCE}
+_SCORED = {Signal.CLIP_IMAGE, Signal.CLIP_TEXT, Signal.FINGERPRINT, Signal.ALIAS, Signal.METADATA,
+           Signal.KEYWORDS}
 
 
 def _enum_value(enum_cls: type[enum.Enum], value: Any, argument: str) -> Any:
@@ -74,8 +104,11 @@ class Finding:
     Args:
         subject: character id, takedown id or rule name the signal matched.
         signal: which kind of evidence.
-        score: the signal's score (cosine similarity, 1.0 for exact matches).
-        threshold: the policy threshold that the score reached.
+        score: the signal's score, as its ``signal.measure`` says: a similarity (cosine, or
+            1.0 less 0.1 per edit for a misspelt name), a share, a distance in bits (PDQ),
+            or 1.0 for an exact match.
+        threshold: the threshold the policy compared the score with, or ``None`` where a
+            rule's fixed action decided (an alias, a file hash).
         action: what the policy decided for this finding alone.
         evidence: JSON-serialisable details (which key, which alias and where, ...).
     """
@@ -83,7 +116,7 @@ class Finding:
     subject: str
     signal: Signal
     score: float
-    threshold: float
+    threshold: float | None
     action: Action
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
@@ -92,7 +125,7 @@ class Finding:
             "subject": self.subject,
             "signal": self.signal.value,
             "score": round(float(self.score), 6),
-            "threshold": round(float(self.threshold), 6),
+            "threshold": None if self.threshold is None else round(float(self.threshold), 6),
             "action": self.action.value,
             "evidence": dict(self.evidence),
         }
@@ -103,7 +136,7 @@ class Finding:
             subject=str(data["subject"]),
             signal=_enum_value(Signal, data["signal"], "signal"),
             score=float(data["score"]),
-            threshold=float(data["threshold"]),
+            threshold=None if data.get("threshold") is None else float(data["threshold"]),
             action=_enum_value(Action, data.get("action", "flag"), "action"),
             evidence=dict(data.get("evidence") or {}),
         )
@@ -212,7 +245,7 @@ def format_finding(subject: str, surface: Surface, reason: str, **evidence: Any)
         subject="unreadable",
         signal=Signal.FORMAT,
         score=1.0,
-        threshold=1.0,
+        threshold=None,
         action=Action.BLOCK,
         evidence={"reason": reason, **evidence},
     )

@@ -2,7 +2,7 @@
 
 A randomly initialised CLIP maps unrelated images to nearly collinear embeddings, so
 "random tiny encoder + threshold" would test nothing. This script trains the tiny
-open_clip config for about two minutes on CPU on synthetic characters (guard.synthetic):
+open_clip config for about two minutes on CPU on synthetic characters (guard.testing.synthetic):
 two poses/crops of one character are pulled together, other characters pushed apart, and
 each image is tied to a caption of its shapes. The result is discriminative on drawings
 like the demo's and means nothing on real images.
@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 import open_clip
 from guard.encoders.openclip import TINY_CONFIG, TINY_WEIGHTS, _register_tiny
-from guard.synthetic import character, render
+from guard.testing.synthetic import character, render
 
 TRAIN_SEED_BASE = 100_000
 

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from guard import Bank, BankError
 from guard.bank import add_characters, build_bank
-from guard.synthetic import character, render
+from guard.testing.synthetic import character, render
 
 from .conftest import DEMO_REFS
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from guard.cli import main
+from guard.adapters.cli import main
 
 from .conftest import DEMO_REFS, DEMO_UPLOADS, ROOT
 
@@ -107,7 +107,7 @@ def test_console_script_end_to_end(cli_bank):
     """The installed ``guard`` entry point, as a user runs it: JSONL, exit 4, no traceback."""
     env = {**os.environ, "GUARD_BANK": str(cli_bank)}
     proc = subprocess.run(
-        [sys.executable, "-m", "guard.cli", "check", "image", str(DEMO_UPLOADS), "--json"],
+        [sys.executable, "-m", "guard.adapters.cli", "check", "image", str(DEMO_UPLOADS), "--json"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 4, proc.stderr
     verdicts = jsonl(proc.stdout)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from guard import Bank, Guard, Policy, Signal
 from guard.bank import build_bank
-from guard.integrations.diffusers import GuardBlocked, load_pipeline, protect
+from guard.adapters.diffusers import GuardBlocked, load_pipeline, protect
 
 from .tiny_pipeline import preview_at, tiny_lora, tiny_pipeline
 

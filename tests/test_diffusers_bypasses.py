@@ -17,8 +17,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from guard import Bank, Guard, Policy, Signal
-from guard.integrations.diffusers import GuardBlocked, protect
-from guard.integrations.diffusers.prompts import prompt_names
+from guard.adapters.diffusers import GuardBlocked, protect
+from guard.adapters.diffusers.prompts import prompt_names
 
 from .tiny_pipeline import FAMILIES, tiny_lora, tiny_pipeline
 

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from guard import Action, Bank, Guard, Policy, Signal, Surface, Verdict
-from guard.cli import main
+from guard.adapters.cli import main
 from guard.state import AuditLog
-from guard.synthetic import character, render
+from guard.testing.synthetic import character, render
 
 from . import model_files as mf
 from .conftest import DEMO_REFS, ROOT
@@ -184,7 +184,7 @@ def test_notice_enrolls_a_character_and_rescan_finds_old_uploads(g, tmp_path):
                     names={"en": "Astro Hero"})
     assert char.holder == "Example Studio" and len(char.references) == 3
     assert g.check_prompt("astro hero fan art").action is Action.BLOCK
-    from guard.scan import rescan
+    from guard.adapters.scan import rescan
     now = {os.path.basename(v.subject): v for v in rescan(g, catalog)}
     assert now["old_upload.png"].action is not Action.ALLOW and now["unrelated.png"].action is Action.ALLOW
     again = g.enroll("astro-hero", refs)  # the same images: nothing new to encode, nothing duplicated

@@ -9,7 +9,7 @@ from guard import ConfigError, EncoderUnavailable
 from guard.encoders import load_encoder, parse_spec
 from guard.encoders.openclip import TINY_CONFIG, TINY_WEIGHTS
 from guard.encoders.spec import SpecKind
-from guard.synthetic import character, render
+from guard.testing.synthetic import character, render
 
 
 @pytest.mark.parametrize("spec, kind, arch, rest", [

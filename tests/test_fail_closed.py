@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from guard import Action, Bank, Guard, Policy
-from guard.cli import main
+from guard.adapters.cli import main
 
 from . import model_files as mf
 from .conftest import DEMO_UPLOADS
@@ -99,7 +99,7 @@ def test_an_audit_log_that_cannot_be_written_fails_the_verdict(stateful, monkeyp
 
 def test_the_service_answers_200_with_the_error_verdict(stateful, monkeypatch):
     from .test_service import Service
-    from guard.service import create_app
+    from guard.adapters.service import create_app
 
     guard, _ = stateful
     service = Service(create_app(guard))
@@ -120,7 +120,7 @@ def test_the_cli_exits_1_with_one_line(bank_file, tmp_path, monkeypatch, capsys)
     assert main(["scan", str(lora), "--bank", str(bank_file), "--json"]) == 1
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["action"] == "block" and "EIO" in verdict["error"]
-    monkeypatch.setattr("guard.cli.cmd_takedown_list", _boom)  # a bug outside any check
+    monkeypatch.setattr("guard.adapters.cli.cmd_takedown_list", _boom)  # a bug outside any check
     assert main(["takedown", "list", "--state", str(tmp_path / "s")]) == 1
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: injected failure" in err and "Traceback" not in err
@@ -180,7 +180,7 @@ def test_rescan_answers_for_items_of_unknown_type(guard, tmp_path):
     (tmp_path / "clip.mp4").write_bytes(b"\0" * 16)
     index.write_text(json.dumps({"path": "clip.mp4", "id": "item-1", "type": "video"}) + "\n"
                      + json.dumps({"path": "nowhere/pub", "id": "item-2", "type": "publication"}) + "\n")
-    from guard.scan import rescan
+    from guard.adapters.scan import rescan
 
     verdicts = {v.subject: v for v in rescan(guard, index)}
     assert set(verdicts) == {"item-1", "item-2"}

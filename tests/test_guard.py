@@ -1,7 +1,7 @@
 import pytest
 
 from guard import Action, Bank, Guard, Policy, Signal, Surface
-from guard.synthetic import character, render
+from guard.testing.synthetic import character, render
 
 from .conftest import DEMO_REFS, DEMO_UPLOADS
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from guard import Action, Signal, Surface
-from guard.images import UnreadableImage, open_rgb
-from guard.synthetic import character, render
+from guard.extract.images import UnreadableImage, open_rgb
+from guard.testing.synthetic import character, render
 
 
 def png_bomb(width: int = 20000, height: int = 20000) -> bytes:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from guard.match.embedding import PRESELECT_FROM, EmbeddingIndex, _Int8Rows, _Rotation
-from guard.synthetic import clustered_embeddings
+from guard.testing.synthetic import clustered_embeddings
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:

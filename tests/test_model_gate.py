@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from guard import Action, Bank, Guard, Policy, Signal
-from guard.cli import main
+from guard.adapters.cli import main
 from guard.extract.lora import canonical_layer
 from guard.extract.model_file import inspect_model
 
@@ -339,7 +339,7 @@ def test_takedown_stays_down_after_stripping_and_casting(state_guard, lora, tmp_
 def test_scan_workers_share_the_state_folder_and_keep_order(state_guard, lora, tmp_path):
     # Worker processes forked from this guard: each opens its own state connections, finds the
     # takedown, and appends to one audit chain that still verifies.
-    from guard.scan import scan_files
+    from guard.adapters.scan import scan_files
 
     state_guard.take_down(lora, "DMCA-2", character="ultraman")
     files = []
@@ -356,7 +356,7 @@ def test_scan_workers_share_the_state_folder_and_keep_order(state_guard, lora, t
 
 
 def test_default_worker_count_follows_the_kind_of_scan(monkeypatch):
-    from guard import scan
+    from guard.adapters import scan
 
     monkeypatch.setattr(scan.os, "cpu_count", lambda: 8)
     assert scan.default_workers(100, metadata_only=True) == 1  # a pool would cost more than it saves

@@ -117,7 +117,7 @@ def test_scanner_unit_on_plain_pickles():
 def test_convert_clean_checkpoint_and_refuse_a_canary(bank_file, canaries, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from guard.cli import main
+    from guard.adapters.cli import main
 
     state = {"state_dict": OrderedDict(w=torch.randn(3, 4), b=torch.zeros(4).half()), "epoch": 3}
     state["state_dict"]["tied"] = state["state_dict"]["w"]  # shared storage

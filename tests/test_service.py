@@ -21,7 +21,7 @@ import torch
 import uvicorn
 
 from guard import Bank, Guard, Policy
-from guard.service import create_app
+from guard.adapters.service import create_app
 
 from . import model_files as mf
 from .conftest import DEMO_REFS, DEMO_UPLOADS
@@ -300,7 +300,7 @@ def test_guard_serve_command(bank_file, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     (tmp_path / "token").write_text("operator-token-0123456789\n")
-    proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--bank", str(bank_file),
+    proc = subprocess.Popen([sys.executable, "-m", "guard.adapters.cli", "serve", "--bank", str(bank_file),
                              "--port", str(port), "--allow-path", str(tmp_path), "--token-file", str(tmp_path / "token")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -326,7 +326,7 @@ def test_guard_serve_command(bank_file, tmp_path):
 
 
 def test_guard_serve_refuses_bad_settings(bank_file, tmp_path, capsys):
-    from guard.cli import main
+    from guard.adapters.cli import main
 
     assert main(["serve", "--bank", str(bank_file), "--allow-path", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
@@ -343,7 +343,7 @@ def test_a_takedown_added_by_another_process_is_honoured_at_once(served, bank_fi
     second = Guard(Bank.load(bank_file), Policy.load(), encoder, state=tmp_path / "state")
     assert service.call("/v1/model/path", {"path": str(lora)})[1]["action"] == "allow"
     assert second.check_model_file(lora).action.value == "allow"
-    proc = subprocess.run([sys.executable, "-m", "guard.cli", "takedown", "add", str(lora), "--notice", "DMCA-77",
+    proc = subprocess.run([sys.executable, "-m", "guard.adapters.cli", "takedown", "add", str(lora), "--notice", "DMCA-77",
                            "--bank", str(bank_file), "--state", str(tmp_path / "state")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -351,7 +351,7 @@ def test_a_takedown_added_by_another_process_is_honoured_at_once(served, bank_fi
     assert status == 200 and verdict["action"] == "block"
     assert verdict["findings"][0]["evidence"]["notice"] == "DMCA-77"
     assert second.check_model_file(lora).action.value == "block"
-    proc = subprocess.run([sys.executable, "-m", "guard.cli", "takedown", "remove", "--notice", "DMCA-77",
+    proc = subprocess.run([sys.executable, "-m", "guard.adapters.cli", "takedown", "remove", "--notice", "DMCA-77",
                            "--state", str(tmp_path / "state"), "--bank", str(bank_file)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

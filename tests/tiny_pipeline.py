@@ -75,7 +75,7 @@ def tiny_lora(path: Path, seed: int, metadata: dict | None = None) -> Path:
 
 def preview_at(pipe, prompt: str, seed: int, step: int, size: int, **call):
     """Generate once and return the guard's early-abort preview (HxWx3 floats) after ``step`` steps."""
-    from guard.integrations.diffusers.early_abort import decode_preview
+    from guard.adapters.diffusers.early_abort import decode_preview
 
     previews = []
 

@@ -10,10 +10,10 @@ from typing import Iterable
 
 import torch
 
-from ..errors import BankError
-from ..images import IMAGE_SUFFIXES, UnreadableImage, image_files
-from .character import Character, Reference, read_character_dir
-from .store import Bank, Entry, stack_rows
+from guard.errors import BankError
+from guard.extract.images import IMAGE_SUFFIXES, UnreadableImage, image_files
+from guard.bank.character import Character, Reference, read_character_dir
+from guard.bank.store import Bank, Entry, stack_rows
 
 log = logging.getLogger("guard")
 

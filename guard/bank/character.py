@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import BankError
-from ..policy import check_signal_layers
-from ..images import image_files
+from guard.errors import BankError
+from guard.policy import check_signal_layers
+from guard.extract.images import image_files
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _KEYS = {"id", "names", "aliases", "keywords", "keyword_k", "holder", "authorized_accounts",

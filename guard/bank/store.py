@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
-from ..errors import BankError
-from .character import Character
+from guard.errors import BankError
+from guard.bank.character import Character
 
 FORMAT = "diffusion-guard-bank"
 FORMAT_VERSION = 1
@@ -74,6 +74,11 @@ class Bank:
 
     def character(self, cid: str) -> Character:
         return self.entry(cid).character
+
+    @property
+    def has_text_embeddings(self) -> bool:
+        """Whether any character's names are embedded (prompts are then embedded too)."""
+        return any(e.text_embeddings.shape[0] for e in self._entries.values())
 
     def put(self, entry: Entry) -> None:
         """Add or replace one character; the other characters' embeddings are untouched."""

@@ -19,9 +19,9 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import ConfigError, DeviceUnavailable, EncoderUnavailable
-from ..images import ImageInput, UnreadableImage, open_rgb
-from .spec import EncoderSpec, SpecKind, TINY_TEST, parse_spec
+from guard.errors import ConfigError, DeviceUnavailable, EncoderUnavailable
+from guard.extract.images import ImageInput, UnreadableImage, open_rgb
+from guard.encoders.spec import EncoderSpec, SpecKind, TINY_TEST, parse_spec
 
 log = logging.getLogger("guard")
 
@@ -56,7 +56,7 @@ class OpenClipEncoder:
 
     @property
     def label(self) -> str:
-        from . import encoder_label
+        from guard.encoders.spec import encoder_label
 
         return encoder_label(self.name)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from guard.errors import ConfigError
 
 TINY_TEST = "tiny-test"
 _HF = "hf-hub:"
@@ -68,3 +68,13 @@ _FORMS = (
     "use ARCH/TAG (e.g. ViT-L-14/openai), ARCH:/path/to/weights.safetensors, "
     "hf-hub:ORG/REPO, local-dir:/path/to/folder, or tiny-test (tests only)"
 )
+
+
+def meaningful(name: str) -> bool:
+    """Whether an encoder's similarities mean anything: every encoder but the tiny test one."""
+    return name != TINY_TEST
+
+
+def encoder_label(name: str) -> str:
+    """How verdicts name an encoder: the tiny test encoder always says it means nothing."""
+    return name if meaningful(name) else f"{name} (no semantic meaning: tests and demo only)"

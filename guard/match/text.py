@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ahocorasick
 from rapidfuzz.distance import OSA
 
-from ..extract.text import compact, fold, fold_with_origin, is_cjk, pinyin, tokens
+from guard.extract.text import compact, fold, fold_with_origin, is_cjk, pinyin, tokens
 
 ALIAS, KEYWORD, BENIGN = "alias", "keyword", "benign"
 

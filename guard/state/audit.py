@@ -21,8 +21,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
-from ..errors import ConfigError
-from ..verdict import Action, Verdict
+from guard.errors import ConfigError
+from guard.verdict import Action, Verdict
 
 GENESIS = "0" * 64
 _SCHEMA = """

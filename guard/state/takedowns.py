@@ -1,13 +1,15 @@
-"""The takedown list: what was taken down, and how to recognise it when it comes back.
+"""The takedown list's rows: what was taken down, and what to recognise it by.
 
 One SQLite database (``takedowns.sqlite`` in the state folder, WAL mode). Each entry keeps
 the file's SHA-256, its tensor-data SHA-256 (survives metadata edits) and, for LoRAs, the
 weight fingerprint (survives renaming, casts, re-scaling, small noise), with the notice it
 answers; for images, the PDQ hash (survives re-encoding, resizing, slight crops).
-Fingerprints are stored as bytes of our own format, never pickled.
+Fingerprints are stored as bytes of our own format, never pickled. Recognising an item
+is `guard.match.takedowns`' job; this module only keeps the rows.
 
-Every lookup sees what other processes committed: the cached rows are re-read when SQLite's
-``data_version`` says another connection wrote.
+Every read sees what other processes committed: the cached rows are re-read when SQLite's
+``data_version`` says another connection wrote, and `generation` then moves on, so that
+indexes built from the rows know to rebuild.
 """
 
 from __future__ import annotations
@@ -18,11 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError
-import numpy as np
-
-from ..extract.lora import Fingerprint
-from ..extract.pdq import distances
+from guard.errors import ConfigError
+from guard.extract.lora import Fingerprint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS takedowns (
@@ -80,7 +79,8 @@ class TakedownList:
         self._lock = threading.Lock()
         self._cache: list[Takedown] | None = None
         self._version: int | None = None
-        self._pdq: tuple[list[Takedown], np.ndarray] = ([], np.zeros((0, 32), dtype=np.uint8))
+        #: Moves on whenever the rows were re-read (this process or another one wrote).
+        self.generation = 0
 
     def add(self, notice: str, *, character: str | None = None, reason: str | None = None,
             subject: str | None = None, sha256: str | None = None, tensor_sha256: str | None = None,
@@ -117,36 +117,8 @@ class TakedownList:
                                         " fingerprint, created, pdq, pdq_quality FROM takedowns ORDER BY id").fetchall()
                 self._cache = [Takedown(*r[:7], Fingerprint.from_bytes(r[7]) if r[7] else None, r[8], r[9], r[10])
                                for r in rows]
-                with_pdq = [t for t in self._cache if t.pdq]
-                self._pdq = (with_pdq, np.frombuffer(b"".join(t.pdq for t in with_pdq), dtype=np.uint8)
-                             .reshape(len(with_pdq), 32))
+                self.generation += 1
             return list(self._cache)
-
-    def by_hash(self, sha256: str | None, tensor_sha256: str | None) -> list[tuple[str, Takedown]]:
-        """Exact matches: ``("file_hash" | "tensor_hash", entry)``."""
-        hits = []
-        for entry in self.entries():
-            if sha256 and entry.sha256 == sha256:
-                hits.append(("file_hash", entry))
-            elif tensor_sha256 and entry.tensor_sha256 == tensor_sha256:
-                hits.append(("tensor_hash", entry))
-        return hits
-
-    @property
-    def has_images(self) -> bool:
-        self.entries()
-        return bool(self._pdq[0])
-
-    def by_pdq(self, hashes: np.ndarray, max_distance: int) -> list[tuple[int, Takedown]]:
-        """Taken-down images within ``max_distance`` bits of any of ``hashes`` ([k, 32] packed)."""
-        self.entries()
-        entries, stored = self._pdq
-        found = [(int(d), entries[i]) for i, d in enumerate(distances(hashes, stored)) if d <= max_distance]
-        return sorted(found, key=lambda de: de[0])
-
-    def by_fingerprint(self, fingerprint: Fingerprint, floor: float) -> list[tuple[float, Takedown]]:
-        scored = [(fingerprint.similarity(e.fingerprint), e) for e in self.entries() if e.fingerprint]
-        return sorted(((s, e) for s, e in scored if s >= floor), key=lambda se: -se[0])
 
     def close(self) -> None:
         self._db.close()

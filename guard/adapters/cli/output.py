@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..verdict import Action, Verdict
+from guard.verdict import Action, Measure, Verdict
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FLAGGED, EXIT_BLOCKED = 0, 1, 2, 3, 4
 PROGRESS_FROM = 8  # items; fewer finish before a bar would help
@@ -44,8 +44,21 @@ def summarise(finding) -> str:
         detail += f" (in {ev['key']}" + (f", {ev['count']} images" if "count" in ev else "") + ")"
     if "authorized_account" in ev:
         detail += f" (authorized: {ev['authorized_account']})"
-    return (f"{finding.subject} {finding.signal.value} {finding.score:.3f}≥{finding.threshold:.2f} "
-            f"{finding.action.value} {detail}").strip()
+    return f"{finding.subject} {finding.signal.value} {compared(finding)} {finding.action.value} {detail}".strip()
+
+
+def compared(finding) -> str:
+    """The score against the threshold the policy compared it with, in the signal's own
+    measure: ``0.912≥0.88`` (similarity), ``share 0.250≥0.20``, ``8≤31 bits`` (distance), or
+    the score alone where a rule's fixed action decided."""
+    measure = finding.signal.measure
+    if measure is Measure.DISTANCE:
+        bits = f"{finding.score:.0f}"
+        return f"{bits} bits" if finding.threshold is None else f"{bits}≤{finding.threshold:.0f} bits"
+    score = f"share {finding.score:.3f}" if measure is Measure.SHARE else f"{finding.score:.3f}"
+    if measure is Measure.EXACT:
+        return "exact"
+    return score if finding.threshold is None else f"{score}≥{finding.threshold:.2f}"
 
 
 def short_names(verdicts: Sequence[Verdict], title: str | None) -> tuple[str | None, list[str]]:

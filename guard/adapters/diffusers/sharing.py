@@ -15,8 +15,8 @@ from typing import Iterator
 
 import torch
 
-from ...verdict import Surface
-from .settings import GuardBlocked, Settings
+from guard.verdict import Surface
+from guard.adapters.diffusers.settings import GuardBlocked, Settings
 
 #: The components that denoise: without them no image is made. Text encoders and the VAE
 #: stay usable on their own (servers encode prompts themselves, e.g. for prompt weighting).

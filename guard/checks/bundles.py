@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import ConfigError, PathNotAllowed
-from .extract.model_file import is_model_file
-from .images import image_files, is_image
-from .verdict import Action, Finding, Signal, Surface, Verdict, format_finding
+from guard.errors import ConfigError, PathNotAllowed
+from guard.extract.model_file import is_model_file
+from guard.extract.images import image_files, is_image
+from guard.verdict import Action, Finding, Signal, Surface, Verdict
 
 if TYPE_CHECKING:
-    from .facade import Guard
+    from guard.facade import Guard
+
+#: Character signals that make an image of a training set count towards its share.
 
 MANIFEST = "publication.json"
 CAPTION_SUFFIXES = (".txt", ".caption")
@@ -145,7 +147,8 @@ def check_publication(guard: "Guard", path: Path, account: str | None,
         findings += _part(guard.text_findings(word, surface, account, {"trigger_word": word}), "trigger_words")
     images = [p for p in bundle.images if p is not None]
     errors = []
-    for image, verdict in zip(images, guard._images([str(p) for p in images], Surface.COVER_IMAGE, account)):
+    checked = guard.check_images([str(p) for p in images], Surface.COVER_IMAGE, account, record=False) if images else []
+    for image, verdict in zip(images, checked):
         name = "cover" if image == bundle.cover else f"sample:{image.name}"
         findings += _part(verdict.findings, name)
         if verdict.error:  # a part that could not be checked leaves the whole unchecked
@@ -154,9 +157,12 @@ def check_publication(guard: "Guard", path: Path, account: str | None,
                                        "trigger_words": len(bundle.trigger_words), "images": len(images),
                                        "model": str(bundle.model) if bundle.model else None}}
     if bundle.model is not None:
-        model = guard._model_file(bundle.model, account, bundle.trigger_words)
+        model = guard.check_model_file(bundle.model, account=account, trigger_words=bundle.trigger_words,
+                                       record=False)
         findings += _part(model.findings, "model")
         facts["model"] = dict(model.facts)
+        if model.error:
+            errors.append(f"model: {model.error}")
     strongest = Action.strongest(f.action for f in findings)
     facts["decided_by"] = sorted({f.evidence["part"] for f in findings if f.action is strongest}) \
         if strongest is not Action.ALLOW else []
@@ -171,7 +177,7 @@ def check_dataset(guard: "Guard", folder: Path, account: str | None,
         raise ConfigError(f"dataset {folder} is not a folder")
     images = [confined(p, confine) if confine is not None else p for p in image_files(folder, recursive=True)]
     surface = Surface.TRAINING_IMAGE
-    verdicts = guard._images([str(p) for p in images], surface, account)
+    verdicts = guard.check_images([str(p) for p in images], surface, account, record=False) if images else []
     captions = 0
     for i, image in enumerate(images):
         for suffix in CAPTION_SUFFIXES:
@@ -191,27 +197,64 @@ def check_dataset(guard: "Guard", folder: Path, account: str | None,
             elif f.signal in _CHARACTER_SIGNALS and f.action is not Action.ALLOW and f.subject not in seen:
                 seen.add(f.subject)
                 by_character[f.subject].append((image.name, f))
-    policy = guard.policy.section("dataset")
-    flag_from, block_share = int(policy.get("flag_images", 1)), float(policy.get("block_share", 0.2))
-    total = max(1, len(images))
+    total = len(images)
     findings = []
     for subject, hits in sorted(by_character.items(), key=lambda kv: -len(kv[1])):
-        share = len(hits) / total
-        action = Action.BLOCK if share >= block_share else Action.FLAG if len(hits) >= flag_from else None
-        if action is None:
+        decision = guard.policy.dataset_decision(len(hits), total)
+        if decision is None:
             continue
-        findings.append(Finding(subject, hits[0][1].signal, round(share, 4),
-                                block_share if action is Action.BLOCK else flag_from / total, action,
-                                {"images": len(hits), "of": len(images), "share": round(share, 4),
+        share = round(len(hits) / max(1, total), 4)
+        findings.append(Finding(subject, Signal.DATASET_SHARE, share, decision.threshold, decision.action,
+                                {"images": len(hits), "of": total, "share": share, "matched_by": sorted({f.signal.value for _, f in hits}),
                                  "examples": [name for name, _ in hits[:5]]}))
     if unreadable:
-        findings.append(Finding("unreadable", Signal.FORMAT, len(unreadable) / total, 0.0, Action.FLAG,
-                                {"images": len(unreadable), "examples": unreadable[:5],
+        findings.append(Finding("unreadable", Signal.FORMAT, 1.0, None, guard.policy.unreadable_images,
+                                {"images": len(unreadable), "of": total, "examples": unreadable[:5],
                                  "reason": "some training images cannot be read"}))
     if not images:
-        return format_finding(str(folder), surface, "the dataset folder holds no images"), []
+        return guard.format_verdict(str(folder), surface, "the dataset folder holds no images"), []
     facts = {"images": len(images), "captions": captions}
     failed = [v for v in verdicts if v.error]
     error = f"{len(failed)} of {len(images)} images could not be checked: {failed[0].error}" if failed else None
     return Verdict(str(folder), surface, tuple(findings), facts=facts, error=error,
                    error_action=guard.policy.error_action), verdicts
+
+
+class BundleChecks:
+    """`Guard.check_dataset` and `Guard.check_publication` (a part of `Guard`)."""
+
+    def check_dataset(self, folder: str | os.PathLike, account: str | None = None, *,
+                      confine: Sequence[Path] | None = None) -> tuple[Verdict, list[Verdict]]:
+        """Screen a LoRA training set: a verdict for the set and one per image.
+        ``confine``: folders every file read must lie below (`PathNotAllowed` otherwise)."""
+        folder = confined(Path(folder), confine)
+        if not folder.is_dir():
+            raise ConfigError(f"dataset {folder} is not a folder")
+        self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
+        found: list[list[Verdict]] = []
+
+        def work() -> list[Verdict]:
+            dataset, images = check_dataset(self, folder, account, confine)
+            found.append(images)
+            return [dataset]
+
+        [dataset] = self._checked(work, lambda error: [self._error(str(folder), Surface.TRAINING_IMAGE, error)],
+                                  account)
+        return dataset, [self._finish(v, account) for v in (found[0] if found else [])]
+
+    def check_publication(self, bundle: str | os.PathLike, account: str | None = None, *,
+                          confine: Sequence[Path] | None = None) -> Verdict:
+        """Screen a whole publication before it goes public: one verdict, recorded once.
+        ``confine``: folders every file read must lie below (`PathNotAllowed` otherwise)."""
+        path = confined(Path(bundle), confine)
+        if not path.exists():
+            raise ConfigError(f"publication {path} does not exist")
+        owner: list[str | None] = [account]
+
+        def work() -> list[Verdict]:
+            verdict, owner[0] = check_publication(self, path, account, confine)
+            return [verdict]
+
+        [verdict] = self._checked(work, lambda error: [self._error(str(path), Surface.PUBLICATION, error)],
+                                  account, owner=owner)
+        return verdict

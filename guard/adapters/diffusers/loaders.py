@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from ...scan import find_model_files
-from ...verdict import Surface, Verdict
-from .settings import GuardBlocked, Settings, blocked_if
+from guard.adapters.scan import find_model_files
+from guard.verdict import Surface, Verdict
+from guard.adapters.diffusers.settings import GuardBlocked, Settings, blocked_if
 
 #: Where the methods that load user weights are defined.
 _LOADER_MODULES = ("diffusers.loaders", "transformers.integrations")

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .errors import GuardError
-from .verdict import Verdict
+from guard.errors import GuardError
+from guard.verdict import Verdict
 
 
 class ConversionRefused(GuardError):

@@ -18,8 +18,8 @@ from typing import Any, MutableMapping
 import numpy as np
 import torch
 
-from ...verdict import Surface
-from .settings import Settings
+from guard.verdict import Surface
+from guard.adapters.diffusers.settings import Settings
 
 
 def add_early_abort(pipe, arguments: MutableMapping[str, Any], settings: Settings, aborted: dict) -> None:

@@ -14,16 +14,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .. import __version__
-from ..bank import Bank, add_characters, build_bank
-from ..encoders import load_encoder
-from ..errors import ConfigError, GuardError
-from ..facade import Guard
-from ..images import image_files
-from ..scan import find_model_files, rescan, scan_files
-from ..verdict import Action, Surface
-from . import output
-from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, out
+from guard import __version__
+from guard.bank import Bank, add_characters, build_bank
+from guard.encoders import load_encoder
+from guard.errors import ConfigError, GuardError
+from guard.facade import Guard
+from guard.extract.images import image_files
+from guard.adapters.scan import find_model_files, rescan, scan_files
+from guard.verdict import Action, Surface
+from guard.adapters.cli import output
+from guard.adapters.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, out
 
 log = logging.getLogger("guard")
 IMAGE_BATCH = 64
@@ -197,7 +197,7 @@ def _guard(args) -> Guard:
     if not args.bank:
         raise ConfigError("no bank given: pass --bank BANK or set GUARD_BANK")
     guard = Guard.open(args.bank, args.policy, args.encoder, args.state, **_encoder_options(args))
-    if "no semantic meaning" in guard.versions["encoder"] and not args.json:
+    if not guard.encoder_meaningful and not args.json:
         err.print(f"[yellow]encoder: {guard.versions['encoder']}[/]", highlight=False)
     return guard
 
@@ -309,7 +309,7 @@ def cmd_scan(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        from ..service import serve
+        from guard.adapters.service import serve
     except ImportError as exc:
         raise ConfigError(f"guard serve needs the server extra ({exc.name} is missing): "
                           "pip install 'diffusion-guard[server]'") from None
@@ -330,7 +330,7 @@ def cmd_serve(args) -> int:
 
 
 def _takedowns(args):
-    from ..state import TakedownList
+    from guard.state import TakedownList
 
     return TakedownList(_state(args, "the takedown list"))
 
@@ -350,7 +350,7 @@ def cmd_takedown_add(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from ..convert import ConversionRefused, convert_to_safetensors
+    from guard.adapters.convert import ConversionRefused, convert_to_safetensors
 
     try:
         verdict = convert_to_safetensors(_guard(args), args.file, args.output)
@@ -414,7 +414,7 @@ def _state(args, what: str = "the audit log") -> str:
 
 
 def cmd_audit_verify(args) -> int:
-    from ..state import AuditLog
+    from guard.state import AuditLog
 
     log = AuditLog(_state(args))
     result = log.verify([_anchor(path) for path in args.anchor])
@@ -428,7 +428,7 @@ def cmd_audit_verify(args) -> int:
 
 
 def _anchor(path: str):
-    from ..state import Anchor
+    from guard.state import Anchor
 
     try:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -439,8 +439,8 @@ def _anchor(path: str):
 
 
 def cmd_audit_report(args) -> int:
-    from ..report import build_report, render_html
-    from ..state import AuditLog, TakedownList
+    from guard.state.report import build_report, render_html
+    from guard.state import AuditLog, TakedownList
 
     state = _state(args)
     report = build_report(AuditLog(state), TakedownList(state), args.since, args.until)
@@ -462,7 +462,7 @@ def cmd_audit_report(args) -> int:
 
 
 def cmd_takedown_list(args) -> int:
-    from ..extract.lora import SCHEME
+    from guard.extract.lora import SCHEME
 
     entries = _takedowns(args).entries()
     for entry in entries:

@@ -7,9 +7,9 @@ from typing import Sequence
 
 from PIL import Image
 
-from ...errors import GuardError
-from ...facade import Guard
-from ...verdict import Action, Verdict
+from guard.errors import GuardError
+from guard.facade import Guard
+from guard.verdict import Action, Verdict
 
 
 class GuardBlocked(GuardError):

@@ -14,8 +14,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from .state.audit import AuditLog
-from .state.takedowns import TakedownList
+from guard.state.audit import AuditLog
+from guard.state.takedowns import TakedownList
 
 _REUPLOAD_SIGNALS = {"file_hash", "tensor_hash", "fingerprint", "pdq"}
 

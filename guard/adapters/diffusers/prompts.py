@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from ...facade import Guard
-from ...verdict import Surface, Verdict
+from guard.facade import Guard
+from guard.verdict import Surface, Verdict
 
 _PROMPT = re.compile(r"prompt(_\d+)?")
 

@@ -24,14 +24,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from ...errors import ConfigError
-from ...facade import Guard
-from ...scan import find_model_files
-from ...verdict import Surface
-from . import loaders, prompts, sharing
-from .early_abort import add_early_abort
-from .outputs import check_output
-from .settings import GuardBlocked, Settings, blocked_if
+from guard.errors import ConfigError
+from guard.facade import Guard
+from guard.adapters.scan import find_model_files
+from guard.verdict import Surface
+from guard.adapters.diffusers import loaders, prompts, sharing
+from guard.adapters.diffusers.early_abort import add_early_abort
+from guard.adapters.diffusers.outputs import check_output
+from guard.adapters.diffusers.settings import GuardBlocked, Settings, blocked_if
 
 __all__ = ["GuardBlocked", "protect", "load_pipeline"]
 

@@ -17,12 +17,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .bundles import MANIFEST
-from .errors import ConfigError
-from .extract.model_file import is_model_file
-from .facade import Guard
-from .images import is_image
-from .verdict import Surface, Verdict
+from guard.checks.bundles import MANIFEST
+from guard.errors import ConfigError
+from guard.extract.model_file import is_model_file
+from guard.facade import Guard
+from guard.extract.images import is_image
+from guard.verdict import Surface, Verdict
 
 _worker: Guard | None = None
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...verdict import Surface, Verdict
-from .settings import GuardBlocked, Settings
+from guard.verdict import Surface, Verdict
+from guard.adapters.diffusers.settings import GuardBlocked, Settings
 
 
 def check_output(output, output_type, settings: Settings):

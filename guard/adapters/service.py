@@ -43,10 +43,10 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from .errors import ConfigError, PathNotAllowed
-from .facade import Guard
-from .scan import default_workers
-from .verdict import Action, Verdict
+from guard.errors import ConfigError, PathNotAllowed
+from guard.facade import Guard
+from guard.adapters.scan import default_workers
+from guard.verdict import Action, Verdict
 
 #: Largest model file accepted as a request body (a full SDXL checkpoint is ~7 GB).
 MAX_MODEL_BYTES = 16 << 30
@@ -106,7 +106,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
             names.append(_field(item, "name", str, f"image[{i}]"))
         verdicts = await _check_images(guard, data, names, body.get("surface", "generated_image"),
                                        _field(body, "account", str, None))
-        strongest = Action.strongest(v.action for v in verdicts)
+        strongest = guard.policy.batch_action(v.action for v in verdicts)
         return JSONResponse({"action": strongest.value, "verdicts": [v.to_dict() for v in verdicts]},
                             headers={"X-Guard-Action": strongest.value})
 

@@ -1,0 +1,5 @@
+import sys
+
+from guard.adapters.cli import main
+
+sys.exit(main())

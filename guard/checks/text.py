@@ -1,0 +1,127 @@
+"""Text: prompts, and the titles, tags, captions and metadata every other surface holds,
+against the bank's names (aliases, keywords) and, with a real encoder, their embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Mapping
+
+from guard.extract.text import fold
+from guard.verdict import Action, Finding, Signal, Surface, Verdict
+
+#: The evidence note on text similarities of an encoder that means nothing semantically.
+NOT_MEANINGFUL = "tiny test encoder: this similarity has no semantic meaning"
+
+
+class TextChecks:
+    """`Guard.check_prompt`, `Guard.text_findings` and the rest of text (a part of `Guard`)."""
+
+    def check_prompt(self, text: str, negative: str | None = None, account: str | None = None,
+                     subject: str | None = None) -> Verdict:
+        """Screen a prompt before any GPU work.
+
+        Names in the ``negative`` prompt are a mitigation, never a finding. Under a policy with
+        ``[text] steer = true``, a prompt that would only be flagged is allowed instead, and
+        the verdict's ``steer`` holds the names and keywords to append to its negative prompt.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if negative is not None and not isinstance(negative, str):
+            raise TypeError(f"negative must be a str or None, got {type(negative).__name__}")
+        name = subject if subject is not None else text
+        if self.bank.has_text_embeddings:
+            self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
+        [verdict] = self._checked(lambda: [self._prompt(text, negative, account, name)],
+                                  lambda error: [self._error(name, Surface.PROMPT, error)], account)
+        return verdict
+
+    def _prompt(self, text: str, negative: str | None, account: str | None, name: str) -> Verdict:
+        findings = self.text_findings(text, Surface.PROMPT, account)
+        findings += self._clip_text_findings(text, Surface.PROMPT, account)
+        verdict = Verdict(name, Surface.PROMPT, tuple(findings))
+        if self.policy.text.steer and verdict.action is Action.FLAG:
+            verdict = self._steered(verdict, negative)
+        return verdict
+
+    def unscreened_prompt(self, reason: str, account: str | None = None) -> Verdict:
+        """The (recorded) verdict for a generation whose prompt text was not available, e.g.
+        a caller passing ``prompt_embeds``: as the policy's ``[generation] unscreened_prompt``
+        says, allowed and saying so, or blocked."""
+        subject = "<prompt text not available>"
+        if self.policy.generation.unscreened_prompt == "block":
+            verdict = self._format_verdict(subject, Surface.PROMPT, f"{reason} (policy: block unscreened prompts)")
+            verdict = dataclasses.replace(verdict, facts={"screened": False})
+        else:
+            verdict = Verdict(subject, Surface.PROMPT, facts={"screened": False, "reason": reason})
+        return self._finish(verdict, account)
+
+    def text_findings(self, text: str, surface: Surface, account: str | None = None,
+                      where: Mapping[str, Any] | None = None, alias_signal: Signal = Signal.ALIAS,
+                      cache: bool = False) -> list[Finding]:
+        """Alias and keyword findings for any text (prompt, title, tag, training metadata).
+
+        ``where`` is added to every finding's evidence (e.g. which metadata key held the text);
+        ``alias_signal`` is the signal a name counts as (``metadata`` inside model files);
+        ``cache`` remembers matches of short recurring texts (tags).
+        """
+        findings = []
+        for hit in self._text.find(text, cache=cache):
+            if hit.kind == "alias":
+                signal, score = alias_signal, self.policy.alias_score(hit.evidence.get("edit_distance", 0))
+            else:
+                signal = Signal.KEYWORDS
+                score = self.policy.keyword_score(len(hit.evidence["keywords"]), len(hit.evidence["set"]))
+            finding = self._decide(signal, score, surface, self.bank.character(hit.character), account,
+                                   {**hit.evidence, **(where or {})})
+            if finding is not None:
+                findings.append(finding)
+        return findings
+
+    def _clip_text_findings(self, text: str, surface: Surface, account: str | None) -> list[Finding]:
+        """The prompt, and windows of it, against the bank's name embeddings."""
+        if not self.bank.has_text_embeddings or not text.strip():
+            return []
+        windows = _windows(text, self.policy.text.window_words, self.policy.text.window_stride)
+        index, names = self._text_search
+        matches = index.search(self.encoder.encode_texts(windows), self._floor(Signal.CLIP_TEXT, surface))
+        best: dict[int, tuple[float, int, int]] = {}
+        for w, row in enumerate(matches):
+            for m in row:
+                if m.score > best.get(m.owner, (-2.0,))[0]:
+                    best[m.owner] = (m.score, w, m.exemplar)
+        findings = []
+        for owner, (score, w, row) in sorted(best.items(), key=lambda kv: -kv[1][0]):
+            evidence = {"window": windows[w], "name": names[row]}
+            if not self.encoder.meaningful:
+                evidence["note"] = NOT_MEANINGFUL
+            finding = self._decide(Signal.CLIP_TEXT, min(score, 1.0), surface, self._characters[owner],
+                                   account, evidence)
+            if finding is not None:
+                findings.append(finding)
+        return findings[: self.policy.top_k]
+
+    def _steered(self, verdict: Verdict, negative: str | None) -> Verdict:
+        """Allow a flagged prompt, steering away from the flagged characters (CopyCat mitigation)."""
+        already = fold(negative or "")
+        terms: dict[str, None] = {}
+        findings = []
+        for f in verdict.findings:
+            if f.action is Action.FLAG:
+                char = self.bank.character(f.subject)
+                for term in [*char.names.values(), *char.aliases, *itertools.chain(*char.keywords)]:
+                    if fold(term) not in already:
+                        terms.setdefault(term, None)
+                f = dataclasses.replace(f, action=Action.ALLOW, evidence={**f.evidence, "steered": True})
+            findings.append(f)
+        return dataclasses.replace(verdict, findings=tuple(findings), steer=", ".join(terms) or None)
+
+
+def _windows(text: str, size: int, stride: int) -> list[str]:
+    """The whole text, and overlapping word windows of it when it is long (a name diluted in
+    a 70-token prompt weighs little in the whole prompt's embedding)."""
+    words = text.split()
+    windows = [text]
+    if len(words) > size:
+        windows += [" ".join(words[i:i + size]) for i in range(0, len(words) - size + stride, stride)]
+    return windows

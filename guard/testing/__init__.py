@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks (synthetic drawings and embeddings); not for production."""
