@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_scan import sd15_layers  # noqa: E402
-from guard.extract.lora import canonical_layer  # noqa: E402
+from guard.extract.lora_keys import canonical_layer  # noqa: E402
 from guard.extract.model_file import inspect_model  # noqa: E402
 from guard.policy import Policy  # noqa: E402
 from guard.verdict import Signal, Surface  # noqa: E402

@@ -88,9 +88,9 @@ def test_rebuild_reuses_unchanged_embeddings(bank_file, encoder, refs_copy):
 
 
 @pytest.mark.parametrize("toml, message", [
-    ('id = "Bad Id"\n', "id="),
-    ('aliases = "Ultraman"\n', "aliases must be a list"),
-    ('keywords = ["giant"]\n', "keywords must be a list of word lists"),
+    ('id = "Bad Id"\n', "id = 'Bad Id': must be 1-64 lowercase"),
+    ('aliases = "Ultraman"\n', "aliases = 'Ultraman': must be a list"),
+    ('keywords = ["giant"]\n', r"keywords = \['giant'\]: must be a list of word lists"),
     ('colour = "red"\n', "unknown key"),
     ('[names\n', "not valid TOML"),
 ])

@@ -103,6 +103,7 @@ def test_bank_add_and_remove(cli_bank, capsys, tmp_path):
     assert run(capsys, "bank", "remove", bank, "nobody")[0] == 2
 
 
+@pytest.mark.slow  # a process of its own
 def test_console_script_end_to_end(cli_bank):
     """The installed ``guard`` entry point, as a user runs it: JSONL, exit 4, no traceback."""
     env = {**os.environ, "GUARD_BANK": str(cli_bank)}

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from guard import Bank, Guard, Policy, Signal
+from guard import Bank, Guard, Policy
 from guard.adapters.diffusers import GuardBlocked, protect
 from guard.adapters.diffusers.prompts import prompt_names
 

@@ -95,6 +95,10 @@ def test_dataset_with_3_of_10_bank_images_is_blocked(g, tmp_path):
     f = dataset.findings[0]
     assert dataset.action is Action.BLOCK and f.subject == "pikachu"
     assert f.evidence["images"] == 3 and f.evidence["share"] == pytest.approx(0.3)
+    # A share, compared with the share the policy applied, and what made each image count.
+    assert f.signal is Signal.DATASET_SHARE and f.signal.measure.value == "share"
+    assert f.score == pytest.approx(0.3) and f.threshold == g.policy.dataset.block_share
+    assert "clip_image" in f.evidence["matched_by"]
     assert sum(v.action is not Action.ALLOW for v in images) == 3
 
 
@@ -123,6 +127,9 @@ def test_reencoded_copy_of_a_taken_down_image_is_blocked_by_pdq(g, tmp_path):
     finding = next(f for f in v.findings if f.signal is Signal.PDQ)
     assert v.action is Action.BLOCK and finding.subject == "takedown:DMCA-IMG-1"
     assert finding.evidence["distance"] <= 31
+    # A distance in bits, compared with the policy's max_distance (not a similarity of 1.0).
+    assert finding.signal.measure.value == "distance"
+    assert finding.score == finding.evidence["distance"] and finding.threshold == g.policy.pdq.max_distance
     [other] = g.check_images([photo(999)], surface="cover_image")
     assert not any(f.signal is Signal.PDQ for f in other.findings)
 

@@ -8,7 +8,7 @@ import torch
 
 from guard import Action, Bank, Guard, Policy, Signal
 from guard.adapters.cli import main
-from guard.extract.lora import canonical_layer
+from guard.extract.lora_keys import canonical_layer
 from guard.extract.model_file import inspect_model
 
 from . import model_files as mf

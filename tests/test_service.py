@@ -294,6 +294,7 @@ def test_concurrent_requests_are_all_answered_and_recorded_once(served):
     assert result.ok and result.rows == 24
 
 
+@pytest.mark.slow  # a process of its own
 def test_guard_serve_command(bank_file, tmp_path):
     """`guard serve` as an operator starts it: it answers on the port it was given, and stops on SIGTERM."""
     with socket.socket() as probe:
@@ -335,6 +336,7 @@ def test_guard_serve_refuses_bad_settings(bank_file, tmp_path, capsys):
     assert "shorter than 16" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a process of its own
 def test_a_takedown_added_by_another_process_is_honoured_at_once(served, bank_file, encoder, tmp_path):
     """A running service and a second Guard on one state folder see a `guard takedown add` made
     by a separate CLI process at their next check, without a restart."""

@@ -13,6 +13,7 @@ import gc
 import json
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -131,9 +132,11 @@ def _adopt_worker() -> None:
 
 def _one_thread() -> None:
     # One worker per core: a worker's own thread pools would only fight the other workers.
-    import torch
-
-    torch.set_num_threads(1)
+    # (A header-only scan never imports torch; the fingerprint's casts do, after this runs.)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _check_one(path: str, check: dict) -> Verdict:

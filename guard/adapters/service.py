@@ -46,7 +46,7 @@ from fastapi.responses import JSONResponse
 from guard.errors import ConfigError, PathNotAllowed
 from guard.facade import Guard
 from guard.adapters.scan import default_workers
-from guard.verdict import Action, Verdict
+from guard.verdict import Verdict
 
 #: Largest model file accepted as a request body (a full SDXL checkpoint is ~7 GB).
 MAX_MODEL_BYTES = 16 << 30

@@ -6,14 +6,15 @@ import dataclasses
 import hashlib
 import logging
 from pathlib import Path
-from typing import Iterable
-
-import torch
+from typing import TYPE_CHECKING, Iterable
 
 from guard.errors import BankError
 from guard.extract.images import IMAGE_SUFFIXES, UnreadableImage, image_files
 from guard.bank.character import Character, Reference, read_character_dir
 from guard.bank.store import Bank, Entry, stack_rows
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("guard")
 
@@ -81,7 +82,7 @@ def add_characters(bank: Bank, folders: Iterable[Path], encoder, previous: Bank 
     return [c.id for c, _, _ in plans]
 
 
-def _reusable(bank: Bank) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _reusable(bank: Bank) -> tuple[dict[str, "torch.Tensor"], dict[str, "torch.Tensor"]]:
     images, texts = {}, {}
     for char in bank.characters:
         entry = bank.entry(char.id)

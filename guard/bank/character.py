@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from guard.errors import BankError
-from guard.policy import check_signal_layers
+from guard.policy.schema import Rule, check_signal_layers, integer, missing, unknown
 from guard.extract.images import image_files
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_KEYS = {"id", "names", "aliases", "keywords", "keyword_k", "holder", "authorized_accounts",
-         "thresholds", "strict_aliases", "benign"}
 
 
 @dataclass(frozen=True)
@@ -79,48 +77,61 @@ class Character:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "character") -> "Character":
-        """Validate and build; `BankError` names the field, the bad value and the fix."""
-        unknown = set(data) - _KEYS - {"references"}
-        if unknown:
-            raise BankError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                            f"allowed: {', '.join(sorted(_KEYS))}")
-        cid = data.get("id")
-        if not isinstance(cid, str) or not _ID.match(cid):
-            raise BankError(f"{where}: id={cid!r} must be 1-64 lowercase letters, digits, '_', '.', '-'")
+        """Validate and build; `BankError` names the file, the key, the bad value and the fix
+        (the policy's schema: a character.toml's ``[thresholds]`` are policy layers)."""
+
+        def fail(key: str, message: str) -> BankError:
+            return BankError(f"{where}: {message}")
+
+        for key in data:
+            if key not in _FIELDS and key != "references":
+                raise fail(key, unknown(key, _FIELDS))
+        for key, rule in _FIELDS.items():
+            if key in data:
+                rule.check(key, data[key], fail)
+        if "id" not in data:
+            raise fail("id", missing("id", '"ultraman"'))
+        thresholds = data.get("thresholds", {})
+        # A bad threshold fails here, when the bank is built or loaded, never inside a check.
+        check_signal_layers(thresholds, "thresholds", fail)
+        references = data.get("references", [])
+        _REFERENCES.check("references", references, fail)
 
         def strings(key: str) -> tuple[str, ...]:
-            value = data.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-                raise BankError(f"{where}: {key} must be a list of non-empty strings, got {value!r}")
-            return tuple(value)
+            return tuple(data.get(key, ()))
 
-        names = data.get("names", {})
-        if not isinstance(names, dict) or not all(isinstance(v, str) and v.strip() for v in names.values()):
-            raise BankError(f"{where}: names must be a table of language = \"name\", got {names!r}")
-        keywords = data.get("keywords", [])
-        if not isinstance(keywords, list) or not all(
-                isinstance(s, list) and s and all(isinstance(w, str) and w.strip() for w in s) for s in keywords):
-            raise BankError(f"{where}: keywords must be a list of word lists, e.g. [[\"plumber\", \"videogame\"]]")
-        k = data.get("keyword_k", 2)
-        if not isinstance(k, int) or k < 1:
-            raise BankError(f"{where}: keyword_k={k!r} must be a positive integer")
-        thresholds = data.get("thresholds", {})
-        # The policy's own validator: a bad threshold fails here, when the bank is built or
-        # loaded, naming the file, never later inside a check.
-        check_signal_layers(thresholds, "thresholds", lambda key, message: BankError(f"{where}: {key}: {message}"))
-        references = data.get("references", [])
-        if not isinstance(references, list) or not all(
-                isinstance(r, dict) and isinstance(r.get("file"), str) and isinstance(r.get("sha256"), str)
-                for r in references):
-            raise BankError(f"{where}: references must be a list of {{file, sha256}} objects")
-        refs = tuple(Reference(r["file"], r["sha256"]) for r in references)
         return cls(
-            id=cid, names=dict(names), aliases=strings("aliases"),
-            keywords=tuple(tuple(s) for s in keywords), keyword_k=k,
-            holder=str(data.get("holder", "")), authorized_accounts=strings("authorized_accounts"),
+            id=data["id"], names=dict(data.get("names", {})), aliases=strings("aliases"),
+            keywords=tuple(tuple(s) for s in data.get("keywords", ())), keyword_k=data.get("keyword_k", 2),
+            holder=data.get("holder", ""), authorized_accounts=strings("authorized_accounts"),
             thresholds=dict(thresholds), strict_aliases=strings("strict_aliases"),
-            benign=strings("benign"), references=refs,
+            benign=strings("benign"), references=tuple(Reference(r["file"], r["sha256"]) for r in references),
         )
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+
+
+#: character.toml's keys and what each must be (the policy schema's rules).
+_FIELDS = {
+    "id": Rule("1-64 lowercase letters, digits, '_', '.', '-'", lambda v: isinstance(v, str) and bool(_ID.match(v)),
+               '"ultraman"'),
+    "names": Rule('a table of language = "name"', lambda v: isinstance(v, dict) and all(
+        isinstance(n, str) and n.strip() for n in v.values()), '{en = "Ultraman", ja = "ウルトラマン"}'),
+    "aliases": Rule("a list of non-empty strings", _names, '["Ultraman", "Urutoraman"]'),
+    "keywords": Rule("a list of word lists", lambda v: isinstance(v, list) and all(
+        isinstance(s, list) and s and _names(s) for s in v), '[["giant", "silver", "red", "hero"]]'),
+    "keyword_k": integer(1),
+    "holder": Rule("a string", lambda v: isinstance(v, str), '"Tsuburaya Productions"'),
+    "authorized_accounts": Rule("a list of non-empty strings", _names, '["tsuburaya-official"]'),
+    "thresholds": Rule("a table of signals", lambda v: isinstance(v, dict), "{clip_image = {block = 0.9}}"),
+    "strict_aliases": Rule("a list of non-empty strings", _names, '["Hero"]'),
+    "benign": Rule("a list of non-empty strings", _names, '["ultraman marathon"]'),
+}
+_REFERENCES = Rule("a list of {file, sha256} objects", lambda v: isinstance(v, list) and all(
+    isinstance(r, dict) and isinstance(r.get("file"), str) and isinstance(r.get("sha256"), str) for r in v),
+    '[{file = "a.png", sha256 = "..."}]')
 
 
 def read_character_dir(folder: Path) -> tuple[Character, list[Path]]:

@@ -18,14 +18,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from guard.errors import BankError
 from guard.bank.character import Character
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "diffusion-guard-bank"
 FORMAT_VERSION = 1
@@ -39,32 +41,51 @@ class Entry:
     character: Character
     image_embeddings: torch.Tensor
     texts: tuple[str, ...] = ()
-    text_embeddings: torch.Tensor = field(default_factory=lambda: torch.empty((0, 0), dtype=torch.float16))
+    text_embeddings: "torch.Tensor" = field(default_factory=lambda: _empty(0))
 
 
 class Bank:
-    """Protected characters and their embeddings, tied to the encoder that made them."""
+    """Protected characters and their embeddings, tied to the encoder that made them.
+
+    A loaded bank keeps its embeddings as the file's arrays until something needs them as
+    tensors (a similarity search, an enrolment): its characters, names and aliases are all a
+    model-file scan needs, and it then never imports torch.
+    """
 
     def __init__(self, encoder: str, dim: int, entries: Iterable[Entry] = (), digest: str | None = None,
                  path: str | None = None):
         self.encoder = encoder
         self.dim = dim
         self.path = path
-        self._entries: dict[str, Entry] = {}
+        self._loaded: dict[str, Entry] = {}
+        #: Read from a file and not yet turned into tensors: (character, image rows, texts, text rows).
+        self._arrays: list[tuple[Character, np.ndarray, tuple[str, ...], np.ndarray]] | None = None
         for entry in entries:
             self.put(entry)
         self._digest = digest
 
+    @property
+    def _entries(self) -> dict[str, Entry]:
+        if self._arrays is not None:
+            import torch
+
+            arrays, self._arrays = self._arrays, None
+            self._loaded = {c.id: Entry(c, torch.from_numpy(img), texts, torch.from_numpy(txt))
+                            for c, img, texts, txt in arrays}
+        return self._loaded
+
     # Contents ----------------------------------------------------------------------------
     @property
     def characters(self) -> list[Character]:
+        if self._arrays is not None:
+            return [c for c, *_ in self._arrays]
         return [e.character for e in self._entries.values()]
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.characters)
 
     def __contains__(self, cid: str) -> bool:
-        return cid in self._entries
+        return any(c.id == cid for c in self.characters)
 
     def entry(self, cid: str) -> Entry:
         try:
@@ -73,11 +94,17 @@ class Bank:
             raise BankError(f"character {cid!r} is not in the bank; known: {', '.join(self._entries)}") from None
 
     def character(self, cid: str) -> Character:
+        if self._arrays is not None:
+            for c, *_ in self._arrays:
+                if c.id == cid:
+                    return c
         return self.entry(cid).character
 
     @property
     def has_text_embeddings(self) -> bool:
         """Whether any character's names are embedded (prompts are then embedded too)."""
+        if self._arrays is not None:
+            return any(txt.shape[0] for *_, txt in self._arrays)
         return any(e.text_embeddings.shape[0] for e in self._entries.values())
 
     def put(self, entry: Entry) -> None:
@@ -108,6 +135,8 @@ class Bank:
         return self._build_matrices()[1]
 
     def _build_matrices(self):
+        import torch
+
         if getattr(self, "_matrices", None) is None:
             entries = list(self._entries.values())
             img = [e.image_embeddings.to(torch.float16) for e in entries]
@@ -147,7 +176,9 @@ class Bank:
                 f"--encoder {encoder}")
 
     # Files ----------------------------------------------------------------------------------
-    def _serialise(self) -> tuple[dict[str, torch.Tensor], str]:
+    def _serialise(self) -> tuple[dict[str, "torch.Tensor"], str]:
+        import torch
+
         (img, owner, ref), (txt, towner) = self._build_matrices()
         manifest = {
             "format": FORMAT,
@@ -167,6 +198,8 @@ class Bank:
 
     def save(self, path: str | Path) -> str:
         """Write the bank; returns the file's SHA-256."""
+        from safetensors.torch import save_file
+
         tensors, manifest = self._serialise()
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
@@ -187,7 +220,7 @@ class Bank:
         if not path.is_file():
             raise BankError(f"bank {path} does not exist; build one with: guard bank build REFS_DIR -o {path}")
         try:
-            with safe_open(str(path), framework="pt") as fh:
+            with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
@@ -203,37 +236,38 @@ class Bank:
         return cls._from_parts(manifest, tensors, str(path), _file_sha256(path))
 
     @classmethod
-    def _from_parts(cls, manifest: Any, tensors: Mapping[str, torch.Tensor], where: str, digest: str):
+    def _from_parts(cls, manifest: Any, tensors: Mapping[str, np.ndarray], where: str, digest: str) -> "Bank":
+        """Validate the manifest and arrays of a bank file (`BankError` names what is wrong)."""
         if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
             raise BankError(f"bank {where}: format {manifest.get('format')!r} version "
                             f"{manifest.get('version')!r}; this guard reads {FORMAT} version {FORMAT_VERSION}")
-        for key, kind in (("dim", int), ("encoder", str), ("characters", list)):
-            if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-                raise BankError(f"bank {where}: manifest key {key!r} is {manifest.get(key)!r}, expected a "
-                                f"{kind.__name__}; rebuild the bank with: guard bank build REFS_DIR -o BANK")
-        if not all(isinstance(c, dict) for c in manifest["characters"]):
-            raise BankError(f"bank {where}: every entry of the manifest's 'characters' must be an object; "
-                            "rebuild the bank with: guard bank build REFS_DIR -o BANK")
+        check_manifest(manifest, where)
         needed = {"image_embeddings", "image_owner", "image_ref", "text_embeddings", "text_owner"}
         if not needed <= set(tensors):
             raise BankError(f"bank {where}: missing tensors {', '.join(sorted(needed - set(tensors)))}")
         dim = int(manifest["dim"])
-        img, owner = tensors["image_embeddings"], tensors["image_owner"].long()
-        txt, towner = tensors["text_embeddings"], tensors["text_owner"].long()
+        img, owner = tensors["image_embeddings"], tensors["image_owner"].astype(np.int64)
+        txt, towner = tensors["text_embeddings"], tensors["text_owner"].astype(np.int64)
         chars = [Character.from_dict({k: v for k, v in c.items() if k != "texts"}, f"bank {where}")
                  for c in manifest["characters"]]
-        entries = []
+        arrays = []
         for i, char in enumerate(chars):
             texts = tuple(manifest["characters"][i].get("texts", ()))
-            tsel = txt[towner == i] if txt.numel() else torch.empty((0, dim), dtype=torch.float16)
+            tsel = txt[towner == i] if txt.size else np.empty((0, dim), dtype=np.float16)
             if tsel.shape[0] != len(texts):
                 raise BankError(f"bank {where}: character {char.id!r} has {tsel.shape[0]} text rows "
                                 f"for {len(texts)} texts")
-            entries.append(Entry(char, img[owner == i] if img.numel() else
-                                 torch.empty((0, dim), dtype=torch.float16), texts, tsel))
+            isel = img[owner == i] if img.size else np.empty((0, dim), dtype=np.float16)
+            if isel.shape[0] != len(char.references) or (isel.size and isel.shape[1] != dim):
+                raise BankError(f"bank {where}: character {char.id!r}: {isel.shape[0]} image rows of width "
+                                f"{isel.shape[1] if isel.ndim == 2 else '?'} for {len(char.references)} "
+                                f"references of dimension {dim}")
+            arrays.append((char, np.ascontiguousarray(isel), texts, np.ascontiguousarray(tsel)))
         if len({c.id for c in chars}) != len(chars):
             raise BankError(f"bank {where}: duplicate character ids")
-        return cls(str(manifest["encoder"]), dim, entries, digest=digest, path=where)
+        bank = cls(str(manifest["encoder"]), dim, digest=digest, path=where)
+        bank._arrays = arrays
+        return bank
 
     def info(self) -> dict:
         (img, _, _), (txt, _) = self._build_matrices()
@@ -262,5 +296,33 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def stack_rows(rows: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
-    return torch.stack(list(rows)).to(torch.float16) if rows else torch.empty((0, dim), dtype=torch.float16)
+def stack_rows(rows: Sequence["torch.Tensor"], dim: int) -> "torch.Tensor":
+    import torch
+
+    return torch.stack(list(rows)).to(torch.float16) if rows else _empty(dim)
+
+
+def _empty(dim: int) -> "torch.Tensor":
+    import torch
+
+    return torch.empty((0, dim), dtype=torch.float16)
+
+
+#: A bank manifest's fields and their types.
+_MANIFEST_FIELDS = {"dim": int, "encoder": str, "characters": list}
+_REBUILD = "fix: rebuild the bank with: guard bank build REFS_DIR -o BANK"
+
+
+def check_manifest(manifest: Mapping[str, Any], where: str) -> None:
+    """A bank manifest's fields: one message naming the file, the key, the bad value and the fix."""
+    for key, kind in _MANIFEST_FIELDS.items():
+        if key not in manifest:
+            raise BankError(f"bank {where}: manifest key {key!r} is missing; {_REBUILD}")
+        value = manifest[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BankError(f"bank {where}: manifest key {key!r} = {value!r:.80}: must be a {kind.__name__}; "
+                            f"{_REBUILD}")
+    for i, entry in enumerate(manifest["characters"]):
+        if not isinstance(entry, dict):
+            raise BankError(f"bank {where}: manifest key 'characters'[{i}] = {entry!r:.80}: must be an object "
+                            f"(a character); {_REBUILD}")

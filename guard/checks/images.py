@@ -3,14 +3,15 @@ takedown list's images."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from guard.extract.images import ImageInput, describe
 from guard.extract.pdq import pdq
-from guard.match.embedding import Match
 from guard.verdict import Finding, Signal, Surface, Verdict
+
+if TYPE_CHECKING:
+    from guard.match.embedding import Match
 
 log = logging.getLogger("guard")
 
@@ -92,7 +93,7 @@ class ImageChecks:
                 break
         return findings
 
-    def _image_findings(self, matches: Iterable[Match], surface: Surface, account: str | None,
+    def _image_findings(self, matches: Iterable["Match"], surface: Surface, account: str | None,
                         digest: str) -> list[Finding]:
         findings = []
         refs = self._image_search[1]

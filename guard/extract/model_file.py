@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from guard.extract.hashes import PREADV, FileHashes, HashJob, hash_buffer
-from guard.extract.lora import WORDS, Fingerprint, as_float32, fingerprint_buffer, group_layers, layer_part, split_fused
+from guard.extract.lora import WORDS, Fingerprint, as_float32, fingerprint_buffer
+from guard.extract.lora_keys import group_layers, layer_part, split_fused
 from guard.extract.pickle_scan import PickleReport, is_tar, scan_file
 from guard.extract.safetensors_header import (MAX_HEADER, MalformedModel, SafetensorsHeader, declared_length, open_regular,
                                  parse_header, read_header)

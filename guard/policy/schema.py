@@ -33,9 +33,9 @@ class Rule:
     accepts: Callable[[Any], bool]
     example: str
 
-    def check(self, key: str, value: Any, fail: Fail) -> None:
+    def check(self, key: str, value: Any, fail: Fail, example: str | None = None) -> None:
         if not self.accepts(value):
-            raise fail(key, bad(key, value, self.wanted, self.example))
+            raise fail(key, bad(key, value, self.wanted, example or self.example))
 
 
 def bad(key: str, value: Any, wanted: str, example: str) -> str:
@@ -99,6 +99,17 @@ def table(where: str, value: Any, fail: Fail, example: str) -> Mapping[str, Any]
     return value
 
 
+def toml_value(value: Any) -> str:
+    """``value`` as TOML writes it (for the examples in messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
 def setting(rule: Rule) -> Any:
     """A typed settings field; its value comes from the TOML, never from Python."""
     return dataclasses.field(metadata={"rule": rule})
@@ -111,7 +122,8 @@ def build_section(cls: type, given: Any, defaults: Mapping[str, Any], where: str
     for key, value in given.items():
         if key not in fields:
             raise fail(f"{where}.{key}", unknown(f"{where}.{key}", fields))
-        fields[key].check(f"{where}.{key}", value, fail)
+        shipped = f"{toml_value(defaults[key])} (the shipped default)" if key in defaults else None
+        fields[key].check(f"{where}.{key}", value, fail, shipped)
     values = {**defaults, **given}
     for key, rule in fields.items():
         if key not in values:

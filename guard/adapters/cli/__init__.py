@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from rich.markup import escape
+
 from guard import __version__
 from guard.bank import Bank, add_characters, build_bank
 from guard.encoders import load_encoder
@@ -172,18 +174,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except ConfigError as exc:
-        err.print(f"[red]guard: {exc}[/]", highlight=False)
+    except ConfigError as exc:  # messages quote TOML tables ([signals.x]): never read as markup
+        err.print(f"[red]guard: {escape(str(exc))}[/]", highlight=False)
         return EXIT_USAGE
     except GuardError as exc:
-        err.print(f"[red]guard: {exc}[/]", highlight=False)
+        err.print(f"[red]guard: {escape(str(exc))}[/]", highlight=False)
         return EXIT_FAILED
     except KeyboardInterrupt:
         err.print("guard: interrupted")
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 (the guard's own bug: one line, exit 1; -v shows where)
         log.debug("internal error", exc_info=True)
-        err.print(f"[red]guard: internal error: {type(exc).__name__}: {exc}[/] (run with -v for details)",
+        err.print(f"[red]guard: internal error: {type(exc).__name__}: {escape(str(exc))}[/] (run with -v for details)",
                   highlight=False)
         return EXIT_FAILED
 
