@@ -1,9 +1,15 @@
-"""Prompt screening speed with a generated bank of 10,000 characters x 8 aliases.
+"""Prompt screening speed: the text matcher, and `Guard.check_prompt` end to end.
 
-Prints prompts/s on one core and the p99 latency of `TextMatcher.find` over the shipped
-evasion and benign suites (goals: >= 20,000 prompts/s, p99 <= 1 ms), and the same prompts
-through the usual moderation word-list approach — one compiled case-insensitive regex per
-alias — measured in the same run, with the speed-up (goal >= 10x).
+Matcher: a generated bank of 10,000 characters x 8 aliases; prompts/s on one core and the
+p99 latency of `TextMatcher.find` over the shipped evasion and benign suites (goals: >= 20,000
+prompts/s, p99 <= 1 ms), and the same prompts through the usual moderation word-list approach
+— one compiled case-insensitive regex per alias — with the speed-up (goal >= 10x).
+
+End to end: `Guard.check_prompt` on the demo bank with the tiny encoder on the CPU, the CLIP
+text stage included as the default policy runs it ("unmatched"), always, and off: prompts/s
+and p99 over short prompts (<= 77 tokens: the shipped suites and composed real-world prompts;
+goals >= 500/s, p99 <= 20 ms), and one 10,000-character prompt (goal <= 50 ms), with the
+matcher's share of the time.
 
     python benchmarks/bench_prompts.py [--characters 10000] [--baseline-prompts 200]
 """
@@ -95,6 +101,44 @@ def main() -> None:
     print(f"naive regex list  : {1 / naive_per_prompt:10.1f} prompts/s   ({len(patterns)} patterns, "
           f"{len(sample)} prompts)")
     print(f"speed-up          : {naive_per_prompt / ours_per_prompt:10.0f}x  (goal >= 10x)")
+    end_to_end(prompts)
+
+
+def end_to_end(prompts: list[str]) -> None:
+    from guard import Bank, Guard, Policy
+    from tests.prompt_redteam import composed_benign
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    bank = Bank.load(os.path.join(root, "embeddings", "demo-bank.safetensors"))
+    short = prompts[:1000] + composed_benign(1000)
+    tokenizer = None
+    long_prompt = ", ".join(f"a detailed painting of a quiet harbor number {i} at dawn" for i in range(200))[:10_000]
+    print(f"end to end: Guard.check_prompt, demo bank, tiny encoder on the CPU; {len(short)} short prompts "
+          f"(suites + composed), one {len(long_prompt):,}-character prompt")
+    for mode in ("unmatched", "always", "off"):
+        guard = Guard(bank, Policy.from_dict({"text": {"clip_text": mode}}))
+        guard.check_prompt("warm up the encoder")
+        if tokenizer is None:
+            tokenizer = guard.encoder.tokenizer
+            short = [p for p in short if int((tokenizer([p])[0] != 0).sum()) <= 77]
+        latencies = []
+        for p in short:
+            t = time.perf_counter()
+            guard.check_prompt(p)
+            latencies.append(time.perf_counter() - t)
+        runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            guard.check_prompt(long_prompt)
+            runs.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for p in short:
+            guard._text.find(p)
+        matcher_share = (time.perf_counter() - t) / sum(latencies)
+        print(f"  clip_text={mode:9s}: {len(short) / sum(latencies):7.0f} prompts/s   "
+              f"p99 {statistics.quantiles(latencies, n=100)[98] * 1000:5.1f} ms   "
+              f"10k chars {statistics.median(runs) * 1000:5.1f} ms   matcher {matcher_share:.0%} of the time "
+              f"(goals >= 500/s, <= 20 ms, <= 50 ms)")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,10 @@ class Character:
         holder: the rights holder.
         authorized_accounts: accounts (holder, licensees) allowed to use the character.
         thresholds: per-signal policy layer (``{"clip_image": {"block": 0.9}}``).
-        strict_aliases: aliases that are common words and only count next to context.
+        strict_aliases: aliases that are common words and only count next to context: another
+            of the character's names, one of its keywords, or one of its ``context`` words.
+        context: the franchise's own vocabulary (other characters, places, titles) that makes
+            a strict alias mean the character ("Mario" next to "Luigi"); never a finding alone.
         benign: phrases containing an alias that are known not to mean the character.
         references: the reference images whose embeddings the bank holds.
     """
@@ -49,6 +52,7 @@ class Character:
     authorized_accounts: tuple[str, ...] = ()
     thresholds: Mapping[str, Any] = field(default_factory=dict)
     strict_aliases: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
     benign: tuple[str, ...] = ()
     references: tuple[Reference, ...] = ()
 
@@ -71,6 +75,7 @@ class Character:
             "authorized_accounts": list(self.authorized_accounts),
             "thresholds": dict(self.thresholds),
             "strict_aliases": list(self.strict_aliases),
+            "context": list(self.context),
             "benign": list(self.benign),
             "references": [{"file": r.file, "sha256": r.sha256} for r in self.references],
         }
@@ -104,7 +109,7 @@ class Character:
             id=data["id"], names=dict(data.get("names", {})), aliases=strings("aliases"),
             keywords=tuple(tuple(s) for s in data.get("keywords", ())), keyword_k=data.get("keyword_k", 2),
             holder=data.get("holder", ""), authorized_accounts=strings("authorized_accounts"),
-            thresholds=dict(thresholds), strict_aliases=strings("strict_aliases"),
+            thresholds=dict(thresholds), strict_aliases=strings("strict_aliases"), context=strings("context"),
             benign=strings("benign"), references=tuple(Reference(r["file"], r["sha256"]) for r in references),
         )
 
@@ -127,6 +132,7 @@ _FIELDS = {
     "authorized_accounts": Rule("a list of non-empty strings", _names, '["tsuburaya-official"]'),
     "thresholds": Rule("a table of signals", lambda v: isinstance(v, dict), "{clip_image = {block = 0.9}}"),
     "strict_aliases": Rule("a list of non-empty strings", _names, '["Hero"]'),
+    "context": Rule("a list of non-empty strings", _names, '["Luigi", "Bowser"]'),
     "benign": Rule("a list of non-empty strings", _names, '["ultraman marathon"]'),
 }
 _REFERENCES = Rule("a list of {file, sha256} objects", lambda v: isinstance(v, list) and all(

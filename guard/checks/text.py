@@ -38,7 +38,8 @@ class TextChecks:
 
     def _prompt(self, text: str, negative: str | None, account: str | None, name: str) -> Verdict:
         findings = self.text_findings(text, Surface.PROMPT, account)
-        findings += self._clip_text_findings(text, Surface.PROMPT, account)
+        if self.policy.wants_clip_text(Action.strongest(f.action for f in findings)):
+            findings += self._clip_text_findings(text, Surface.PROMPT, account)
         verdict = Verdict(name, Surface.PROMPT, tuple(findings))
         if self.policy.text.steer and verdict.action is Action.FLAG:
             verdict = self._steered(verdict, negative)

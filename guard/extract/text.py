@@ -1,11 +1,20 @@
 """Text normal form: the one folding applied alike to bank aliases and to screened text.
 
+Before folding, what a prompt's syntax hides is undone, each step length-preserving or
+tracked so offsets still point at what the user wrote: HTML entities are decoded twice
+(open_clip's tokenizer does, so the model reads ``ultr&#97;man`` as the name); prompt
+weights and LoRA-tag strengths (``(mario:1.1)``, ``<lora:NAME:0.8>``) become blanks;
+pinyin tone digits (``ao4 te4 man4``) are dropped; kanji that look like katakana
+(``ウル卜ラマン``) are read as katakana next to katakana.
+
 Folding, in order: Unicode NFKC (full-width and compatibility forms); removal of invisible
 and control characters and combining marks; casefold; and ``str.translate`` with one table
 that strips diacritics, folds confusable homoglyphs (Cyrillic/Greek look-alikes, from the
-Unicode confusables data shipped by ``confusable_homoglyphs``), folds leetspeak, maps
-hiragana to katakana (``jaconv``) and turns word-joining punctuation into spaces; finally
-Traditional Chinese becomes Simplified (OpenCC ``t2s``) when the text has Han characters.
+Unicode confusables data shipped by ``confusable_homoglyphs``), styled alphabets (small
+capitals, negative circled and squared letters, regional indicators: ``guard/data/
+text-folds.toml``), folds leetspeak, maps hiragana to katakana (``jaconv``) and small kana to
+large, and turns word-joining punctuation into spaces; finally Traditional Chinese becomes
+Simplified (OpenCC ``t2s``) when the text has Han characters.
 
 Because folding is lossy on purpose ("1" and "l" and "i" all become "i"), folded text is
 for matching only. `fold_with_origin` maps every folded character back to its position
@@ -15,10 +24,15 @@ in the original text, so findings can point at what the user wrote.
 from __future__ import annotations
 
 import functools
+import html
 import re
+import tomllib
 import unicodedata
+from pathlib import Path
 
 import regex
+
+_FOLDS = Path(__file__).resolve().parent.parent / "data" / "text-folds.toml"
 
 # Leetspeak. "l" folds with "1" and "i" so that either reading matches.
 _LEET = {"0": "o", "1": "i", "l": "i", "3": "e", "4": "a", "5": "s", "7": "t"}
@@ -29,7 +43,9 @@ _PUNCT_LEET = {"!": "i", "|": "i", "@": "a", "$": "s", "+": "t",
 _PUNCT_BEFORE_WORD = regex.compile(r"[!|@$+！｜＠＄＋](?=[^\W_])")
 # Punctuation users put inside words ("u.l.t.r.a", "ultra_man") becomes a word break;
 # the matcher then joins adjacent pieces.
-_BREAKS = "._-·•*~/\\'\"`^=,:;()[]{}<>#%&?"
+# Commas, semicolons and line ends stay: they end a phrase, and the matcher never joins
+# words across them ("8k, ultra, man walking" holds no "ultraman").
+_BREAKS = "._-·•*~/\\'\"`^=:()[]{}<>#%&?"
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # Words: runs of CJK characters, or runs of other letters and digits. Splitting where the
 # script changes keeps "Ultraman的壁纸" from being one word.
@@ -39,6 +55,23 @@ _TOKEN = regex.compile(rf"[{_CJK_CLASS}]+|[^\W_{_CJK_CLASS}]+")
 
 # Invisible and control characters, combining marks, private use: removed before anything else.
 _INVISIBLE = regex.compile(r"[\p{Cf}\p{Mn}\p{Me}\p{Co}\p{Cs}]|[^\P{Cc}\t\n\r]")
+
+
+@functools.lru_cache(maxsize=1)
+def folds() -> dict:
+    """The folding data (``guard/data/text-folds.toml``)."""
+    return tomllib.loads(_FOLDS.read_text(encoding="utf-8"))
+
+
+def _styled_letters() -> dict[int, str]:
+    table = {}
+    for pattern in folds()["styled"]["names"]:
+        for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+            try:
+                table[ord(unicodedata.lookup(pattern.format(letter)))] = letter.lower()
+            except KeyError:  # not every style has every letter
+                pass
+    return table
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,6 +92,14 @@ def _table() -> dict[int, str]:
             table[cp] = base
     for cp in range(0x3041, 0x3097):  # hiragana -> katakana, as jaconv does it
         table[cp] = jaconv.hira2kata(chr(cp))
+    data = folds()
+    table.update(_styled_letters())
+    table.update({ord(k): v for k, v in data["letters"].items()})
+    table.update({cp: "" for cp in data["invisible"]["codepoints"]})
+    kana = data["kana"]
+    for small, large in [*zip(kana["small"], kana["large"]), *zip(kana["confusable"], kana["confusable_as"])]:
+        table[ord(small)] = large
+        table[ord(jaconv.kata2hira(small))] = large  # the hiragana small forms too
     for src, dst in _LEET.items():
         table[ord(src)] = dst
     for ch in _BREAKS:
@@ -80,9 +121,77 @@ def _punct_leet(m) -> str:
     return _PUNCT_LEET[m.group()]
 
 
+# Prompt weights, prompt-editing steps and LoRA-tag strengths: "(mario:1.1)", "[a:b:0.5]",
+# "<lora:NAME:0.8>". The number would otherwise read as leetspeak glued to the name.
+_WEIGHT = regex.compile(r":\s*-?\d+(?:\.\d+)?\s*(?=[)\]>])")
+_ENTITY = regex.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_KATAKANA = "\u30a1-\u30fa\u30fc\uff66-\uff9f"
+
+
+@functools.lru_cache(maxsize=1)
+def _pinyin_syllables() -> frozenset[str]:
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    syllables = set()
+    for readings in pinyin_dict.values():
+        for reading in readings.split(","):
+            plain = "".join(c for c in unicodedata.normalize("NFKD", reading) if not unicodedata.combining(c))
+            syllables.add(plain.replace("ü", "v").lower())
+    return frozenset(s for s in syllables if s.isascii() and s.isalpha())
+
+
+_TONED = regex.compile(r"(?<![^\W\d_])([a-zA-Z]{1,6})([1-5])(?![^\W_])")
+
+
+@functools.lru_cache(maxsize=1)
+def _lookalikes():
+    kana = folds()["kana"]
+    table = dict(zip(kana["lookalike_kanji"], kana["lookalike_kana"]))
+    chars = "".join(table)
+    pattern = regex.compile(rf"(?<=[{_KATAKANA}])[{chars}]|[{chars}](?=[{_KATAKANA}])")
+    return table, pattern
+
+
+def prepare(text: str) -> tuple[str, list[int] | None]:
+    """Undo what prompt syntax hides (see the module doc): the text to fold and, when its
+    length changed (HTML entities), the original index of each of its characters."""
+    origin = None
+    if "&" in text:
+        for _ in range(2):  # "&amp;#97;" is "a" after two rounds, as open_clip's tokenizer reads it
+            pieces, where, last = [], [], 0
+            for m in _ENTITY.finditer(text):
+                pieces.append(text[last:m.start()])
+                where.extend(range(last, m.start()))
+                decoded = html.unescape(m.group())
+                pieces.append(decoded)
+                where.extend([m.start()] * len(decoded))
+                last = m.end()
+            if not pieces:
+                break
+            pieces.append(text[last:])
+            where.extend(range(last, len(text)))
+            origin = [origin[i] for i in where] if origin is not None else where
+            text = "".join(pieces)
+    if ":" in text:
+        text = _WEIGHT.sub(lambda m: " " * len(m.group()), text)
+    if any(c in text for c in "12345"):
+        syllables = _pinyin_syllables()
+        toned = [m for m in _TONED.finditer(text) if m.group(1).lower() in syllables]
+        if len(toned) >= 2:  # one toned word is as likely leetspeak ("pikachu1")
+            chars = list(text)
+            for m in toned:
+                chars[m.start(2)] = " "
+            text = "".join(chars)
+    if not text.isascii():
+        table, pattern = _lookalikes()
+        text = pattern.sub(lambda m: table[m.group()], text)
+    return text, origin
+
+
 def fold(text: str) -> str:
     """The normal form of ``text`` (fast path, no offsets)."""
     table = _table()
+    text = prepare(text)[0]
     text = _PUNCT_BEFORE_WORD.sub(_punct_leet, text)
     if text.isascii():  # most prompts: NFKC, marks and look-alikes cannot occur
         return text.casefold().translate(table)
@@ -95,12 +204,34 @@ def fold(text: str) -> str:
 
 def fold_with_origin(text: str) -> tuple[str, list[int]]:
     """The normal form of ``text`` and, for each of its characters, the index it came from."""
+    prepared, before = prepare(text)
     pieces, origin = [], []
-    for i, ch in enumerate(_PUNCT_BEFORE_WORD.sub(_punct_leet, text)):
-        piece = fold(ch)
+    for i, ch in enumerate(_PUNCT_BEFORE_WORD.sub(_punct_leet, prepared)):
+        piece = _fold_char(ch)
         pieces.append(piece)
-        origin.extend([i] * len(piece))
+        origin.extend([i if before is None else before[i]] * len(piece))
     return "".join(pieces), origin
+
+
+def _fold_char(ch: str) -> str:
+    table = _table()
+    if ch.isascii():
+        return ch.casefold().translate(table)
+    folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", ch)).translate(table).casefold().translate(table)
+    return _t2s().convert(folded) if _HAN.search(folded) else folded
+
+
+#: Punctuation that is leetspeak before a letter ("p|kachu") but a separator between single
+#: letters or words ("U|l|t|r|a|m|a|n", "[ultraman|doraemon]", "P+i+k+a"): read both ways.
+_AMBIGUOUS = regex.compile(r"(?<=[^\W_])[|+!](?=[^\W_])")
+
+
+def readings(text: str) -> list[str]:
+    """``text``, and (same length, same offsets) the reading where ambiguous punctuation
+    between letters is a separator rather than a letter."""
+    if not _AMBIGUOUS.search(text):
+        return [text]
+    return [text, _AMBIGUOUS.sub(" ", text)]
 
 
 def tokens(folded: str) -> list[tuple[int, int]]:

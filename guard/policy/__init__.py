@@ -220,6 +220,11 @@ class Policy:
         """The most severe ``[strikes]`` level ``blocked_attempts`` reaches, if any."""
         return next((level for level in STRIKE_LEVELS if blocked_attempts >= getattr(self.strikes, level)), None)
 
+    def wants_clip_text(self, so_far: Action) -> bool:
+        """Whether a prompt whose names gave ``so_far`` is also embedded (``[text] clip_text``)."""
+        mode = self.text.clip_text
+        return mode == "always" or (mode == "unmatched" and so_far is not Action.BLOCK)
+
     @staticmethod
     def batch_action(actions: Iterable[Action]) -> Action:
         """A batch (one request's images) is as strong as its strongest verdict."""

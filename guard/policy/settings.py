@@ -32,6 +32,9 @@ class TextSettings:
     window_words: int = setting(integer(1))
     window_stride: int = setting(integer(1))
     steer: bool = setting(boolean())
+    #: When prompts are embedded against the bank's names: "always", "unmatched" (not when the
+    #: names already block), "off".
+    clip_text: str = setting(choice("unmatched", "always", "off"))
 
 
 @dataclass(frozen=True)
