@@ -116,8 +116,11 @@ def main() -> None:
         q8 = (queries * 127).round().to(torch.int8).T.contiguous()
         int8_ms, _ = timed(lambda: chunked(e8, lambda block: torch._int_mm(block, q8)), slow)
 
+    from guard.match.embedding import kernel_for
+
     print(f"device: CPU, {torch.get_num_threads()} threads; batch {args.batch}, "
-          f"floor {floor:.2f} (default policy)")
+          f"floor {floor:.2f} (default policy); kernel chosen on this CPU: {kernel_for(banks[next(iter(banks))][0].shape[1])}"
+          " (GUARD_MATCH_KERNEL=int8|fp32 forces one)")
     for name, (emb, owner, _), r in ((n, banks[n], results[n]) for n in banks):
         kept = "no coarse stage" if r["kept"] is None else f"coarse stage kept {r['kept']:.1%} of the rows"
         print(f"{name} bank ({emb.shape[0]} x {emb.shape[1]}, {int(owner.max()) + 1} characters): "

@@ -195,3 +195,35 @@ def test_non_finite_queries_are_refused():
 def test_dimension_mismatch_is_named():
     with pytest.raises(ValueError, match="dimension 16"):
         EmbeddingIndex(unit(4, 8, 0), torch.arange(4)).search(unit(1, 16, 0), 0.5)
+
+
+@pytest.mark.parametrize("kernel", ["int8", "fp32"])
+def test_each_kernel_equals_the_definition(monkeypatch, kernel):
+    """GUARD_MATCH_KERNEL forces a kernel: both give the definition's matches, at every floor."""
+    from guard.match.embedding import int8_product_available, kernel_for
+
+    monkeypatch.setenv("GUARD_MATCH_KERNEL", kernel)
+    if kernel == "int8" and not int8_product_available():  # a torch without it refuses the choice
+        with pytest.raises(ValueError, match="no int8 product"):
+            kernel_for(384)
+        return
+    size, d = PRESELECT_FROM + 500, 384
+    e = unit(size, d, 3).half()
+    owner = torch.arange(size) // 5
+    q = torch.nn.functional.normalize(torch.cat([e[[1, 99, size - 2]].float() + 0.03 * unit(3, d, 4),
+                                                 unit(4, d, 5)]), dim=1)
+    index = EmbeddingIndex(e, owner)
+    assert index.kernel == kernel
+    for floor in (0.2, 0.5, 0.9):
+        assert_same(index.search(q, floor), reference(q, e, owner, floor))
+
+
+def test_the_kernel_is_chosen_by_measurement_and_a_bad_choice_is_refused(monkeypatch):
+    from guard.match.embedding import KERNELS, kernel_for
+
+    monkeypatch.delenv("GUARD_MATCH_KERNEL", raising=False)
+    assert kernel_for(768) in KERNELS
+    assert EmbeddingIndex(unit(50, 16, 0), torch.arange(50)).kernel == "fp32"  # small banks: one product
+    monkeypatch.setenv("GUARD_MATCH_KERNEL", "bf16")
+    with pytest.raises(ValueError, match="GUARD_MATCH_KERNEL"):
+        kernel_for(768)

@@ -14,6 +14,12 @@ become findings, so large banks are searched in two steps:
 2. the pairs whose bound reaches the floor are rescored exactly in float32 from the
    stored rows. No pair at or above the floor can be lost to quantisation.
 
+Which kernel runs is measured, not assumed: int8 products are fast where the CPU has VNNI
+(or AMX) and no faster than float32 on AVX2-only CPUs, where the bound would only add work.
+`kernel_for` times both on a small sample once per process and the index uses int8 only
+where it is clearly faster; otherwise it searches with the plain float32 product (exact by
+definition, never slower than itself). ``GUARD_MATCH_KERNEL=int8|fp32`` forces one.
+
 Wide banks first run a coarse stage (`_Coarse`): the same bound over a third of the
 width, the bank's principal directions plus one coordinate holding each vector's residual
 length (so the product also bounds what the directions miss, by Cauchy-Schwarz). It
@@ -24,10 +30,16 @@ through step 1. A stage that stops paying (it kept over a quarter of the rows) p
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass
 from functools import cache
 
 import torch
+
+#: The int8 kernel is used where its product is at least this much faster than float32's.
+INT8_WINS_FROM = 1.5
+KERNELS = ("int8", "fp32")
 
 #: Banks smaller than this are searched with one float32 product (faster for them).
 PRESELECT_FROM = 16_384
@@ -57,6 +69,43 @@ def int8_product_available() -> bool:
         return bool(torch.equal(torch._int_mm(a, a.T.contiguous()), torch.full((2, 2), 8, dtype=torch.int32)))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
+
+
+@cache
+def _measured_kernel(dim: int) -> str:
+    """The faster kernel on this CPU for ``dim``-wide rows: a few milliseconds, once."""
+    if not int8_product_available():
+        return "fp32"
+    g = torch.Generator().manual_seed(0)
+    rows, queries = torch.randn(4096, dim, generator=g), torch.randn(64, dim, generator=g)
+    rows8, queries8 = rows.clamp(-1, 1).mul(127).round().to(torch.int8), \
+        queries.clamp(-1, 1).mul(127).round().to(torch.int8).T.contiguous()
+    queries32 = queries.T.contiguous()
+
+    def best(product) -> float:
+        product()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    fp32, int8 = best(lambda: rows @ queries32), best(lambda: torch._int_mm(rows8, queries8))
+    return "int8" if fp32 >= INT8_WINS_FROM * int8 else "fp32"
+
+
+def kernel_for(dim: int) -> str:
+    """The kernel an index of ``dim``-wide rows uses: ``GUARD_MATCH_KERNEL`` if set, else the
+    one measured faster on this CPU."""
+    forced = os.environ.get("GUARD_MATCH_KERNEL", "").strip().lower()
+    if forced:
+        if forced not in KERNELS:
+            raise ValueError(f"GUARD_MATCH_KERNEL={forced!r} is not one of {', '.join(KERNELS)}")
+        if forced == "int8" and not int8_product_available():
+            raise ValueError("GUARD_MATCH_KERNEL=int8: this torch has no int8 product on the CPU")
+        return forced
+    return _measured_kernel(dim)
 
 
 @dataclass(frozen=True)
@@ -189,6 +238,10 @@ class EmbeddingIndex:
         preselect_from: bank size from which the int8 pre-selection is used.
         coarse_dim: width of the coarse stage, the residual included (default: a third,
             for banks at least `COARSE_FROM_DIM` wide; 0: none).
+
+    Attributes:
+        kernel: ``"int8"`` (bound, then exact rescoring) or ``"fp32"`` (the exact product),
+            as `kernel_for` chose it for this CPU; small banks always use ``"fp32"``.
     """
 
     def __init__(self, embeddings: torch.Tensor, owner: torch.Tensor, preselect_from: int = PRESELECT_FROM,
@@ -199,7 +252,8 @@ class EmbeddingIndex:
         self.owner = owner.long()
         self._owners = int(self.owner.max()) + 1 if self.size else 0
         self._exact = embeddings
-        use_int8 = self.size >= preselect_from and int8_product_available()
+        use_int8 = self.size >= preselect_from and kernel_for(self.dim) == "int8"
+        self.kernel = "int8" if use_int8 else "fp32"
         self._int8 = _Int8Rows(embeddings) if use_int8 else None
         if coarse_dim is None:
             coarse_dim = self.dim // 3 // 32 * 32 if self.dim >= COARSE_FROM_DIM else 0  # 768 -> 256
