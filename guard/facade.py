@@ -24,7 +24,7 @@ from guard.checks.images import IMAGE_SURFACES, ImageChecks
 from guard.checks.model_files import ModelFileChecks
 from guard.checks.text import TextChecks
 from guard.encoders.protocol import Encoder
-from guard.encoders import encoder_label, encoder_name, load_encoder
+from guard.encoders import encoder_label, encoder_name, load_encoder, meaningful
 from guard.errors import ConfigError, DeviceUnavailable
 from guard.extract.images import UnreadableImage, is_image, open_rgb
 from guard.extract.model_file import inspect_model
@@ -85,6 +85,9 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks):
         bank = self.bank
         self._characters: list[Character] = bank.characters
         self._text = TextMatcher.from_bank(bank, benign=list(self.policy.text.benign), fuzzy=self.policy.text.fuzzy)
+        # Prompts are embedded only against a bank with name embeddings, and only if the
+        # policy ever asks for it (then the encoder must load: configuration, not a verdict).
+        self._embeds_prompts = bank.has_text_embeddings and self.policy.wants_clip_text(Action.ALLOW)
         self.__dict__.pop("_image_search", None)
         self.__dict__.pop("_text_search", None)
         self.versions["bank"] = bank.digest
@@ -120,8 +123,6 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks):
     def encoder_meaningful(self) -> bool:
         """Whether the bank's encoder has semantics (the tiny test encoder has none); known
         without loading it."""
-        from guard.encoders.spec import meaningful
-
         return meaningful(self.bank.encoder)
 
     @classmethod
@@ -286,7 +287,6 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks):
         return Finding("unreadable", Signal.FORMAT, 1.0, None, self.policy.rule(Signal.FORMAT, surface),
                        {"reason": reason, **evidence})
 
-    _format_verdict = format_verdict
 
 
 def _encoder_for_bank(bank: Bank, options: Mapping[str, Any]):

@@ -136,3 +136,26 @@ def test_shipped_demo_bank_matches_a_fresh_build(bank_file):
     assert [c.to_dict() for c in shipped.characters] == [c.to_dict() for c in fresh.characters]
     assert torch.allclose(shipped.image_matrix()[0].float(), fresh.image_matrix()[0].float(), atol=2e-3)
     assert torch.allclose(shipped.text_matrix()[0].float(), fresh.text_matrix()[0].float(), atol=2e-3)
+
+
+def test_a_loaded_bank_turns_into_tensors_once_whatever_the_threads(bank_file):
+    """Threads that first touch a loaded bank together all see every character."""
+    import threading
+
+    bank = Bank.load(bank_file)
+    ids = [c.id for c in bank.characters]
+    seen, errors = [], []
+
+    def touch():
+        try:
+            seen.append(sorted(bank.entry(cid).character.id for cid in ids))
+        except Exception as exc:  # noqa: BLE001 (the test reports it)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=touch) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and seen == [sorted(ids)] * 8
+    assert "ultraman" in bank and len(bank) == len(ids)

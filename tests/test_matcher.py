@@ -204,7 +204,9 @@ def test_each_kernel_equals_the_definition(monkeypatch, kernel):
 
     monkeypatch.setenv("GUARD_MATCH_KERNEL", kernel)
     if kernel == "int8" and not int8_product_available():  # a torch without it refuses the choice
-        with pytest.raises(ValueError, match="no int8 product"):
+        from guard import ConfigError
+
+        with pytest.raises(ConfigError, match="no int8 product"):
             kernel_for(384)
         return
     size, d = PRESELECT_FROM + 500, 384
@@ -224,6 +226,8 @@ def test_the_kernel_is_chosen_by_measurement_and_a_bad_choice_is_refused(monkeyp
     monkeypatch.delenv("GUARD_MATCH_KERNEL", raising=False)
     assert kernel_for(768) in KERNELS
     assert EmbeddingIndex(unit(50, 16, 0), torch.arange(50)).kernel == "fp32"  # small banks: one product
+    from guard import ConfigError
+
     monkeypatch.setenv("GUARD_MATCH_KERNEL", "bf16")
-    with pytest.raises(ValueError, match="GUARD_MATCH_KERNEL"):
+    with pytest.raises(ConfigError, match="GUARD_MATCH_KERNEL"):
         kernel_for(768)

@@ -91,3 +91,16 @@ def test_homophones_do_not_collide_with_chinese_words(guard, capsys):
     transliterations = {"奥特曼", "皮卡丘", "皮卡秋", "马里奥", "玛丽奥", "玛丽欧", "玛利奥", "叮当猫"}
     assert len(words) > 300_000
     assert set(found) <= transliterations, set(found) - transliterations
+
+
+def test_an_entity_encoded_homophone_is_read(guard):
+    assert _names(guard, "&#x5965;特慢打怪兽", "ultraman")  # 奥 as an HTML entity, then a homophone
+
+
+def test_with_the_clip_text_stage_off_the_encoder_is_never_loaded(bank_file):
+    from guard import Bank, Guard, Policy
+
+    g = Guard(Bank.load(bank_file), Policy.from_dict({"text": {"clip_text": "off"}}))
+    assert g.check_prompt("ultraman fighting a kaiju").action is Action.BLOCK
+    assert g.check_prompt("a quiet harbor at dawn").action is Action.ALLOW
+    assert g._encoder is None

@@ -58,34 +58,41 @@ class Bank:
         self.dim = dim
         self.path = path
         self._loaded: dict[str, Entry] = {}
-        #: Read from a file and not yet turned into tensors: (character, image rows, texts, text rows).
-        self._arrays: list[tuple[Character, np.ndarray, tuple[str, ...], np.ndarray]] | None = None
+        #: Read from a file and not yet turned into tensors, by id: (character, image rows,
+        #: texts, text rows).
+        self._arrays: dict[str, tuple[Character, np.ndarray, tuple[str, ...], np.ndarray]] | None = None
         for entry in entries:
             self.put(entry)
         self._digest = digest
 
     @property
     def _entries(self) -> dict[str, Entry]:
-        if self._arrays is not None:
+        arrays = self._arrays
+        if arrays is not None:
             import torch
 
-            arrays, self._arrays = self._arrays, None
-            self._loaded = {c.id: Entry(c, torch.from_numpy(img), texts, torch.from_numpy(txt))
-                            for c, img, texts, txt in arrays}
+            # Built whole, then published, then the arrays dropped: a thread that comes in
+            # meanwhile builds them again rather than seeing a half-filled bank.
+            self._loaded = {cid: Entry(c, torch.from_numpy(img), texts, torch.from_numpy(txt))
+                            for cid, (c, img, texts, txt) in arrays.items()}
+            self._arrays = None
         return self._loaded
 
     # Contents ----------------------------------------------------------------------------
     @property
     def characters(self) -> list[Character]:
-        if self._arrays is not None:
-            return [c for c, *_ in self._arrays]
+        arrays = self._arrays
+        if arrays is not None:
+            return [c for c, *_ in arrays.values()]
         return [e.character for e in self._entries.values()]
 
     def __len__(self) -> int:
-        return len(self.characters)
+        arrays = self._arrays
+        return len(arrays) if arrays is not None else len(self._entries)
 
     def __contains__(self, cid: str) -> bool:
-        return any(c.id == cid for c in self.characters)
+        arrays = self._arrays
+        return cid in (arrays if arrays is not None else self._entries)
 
     def entry(self, cid: str) -> Entry:
         try:
@@ -94,17 +101,17 @@ class Bank:
             raise BankError(f"character {cid!r} is not in the bank; known: {', '.join(self._entries)}") from None
 
     def character(self, cid: str) -> Character:
-        if self._arrays is not None:
-            for c, *_ in self._arrays:
-                if c.id == cid:
-                    return c
+        arrays = self._arrays
+        if arrays is not None and cid in arrays:
+            return arrays[cid][0]
         return self.entry(cid).character
 
     @property
     def has_text_embeddings(self) -> bool:
         """Whether any character's names are embedded (prompts are then embedded too)."""
-        if self._arrays is not None:
-            return any(txt.shape[0] for *_, txt in self._arrays)
+        arrays = self._arrays
+        if arrays is not None:
+            return any(txt.shape[0] for *_, txt in arrays.values())
         return any(e.text_embeddings.shape[0] for e in self._entries.values())
 
     def put(self, entry: Entry) -> None:
@@ -250,7 +257,7 @@ class Bank:
         txt, towner = tensors["text_embeddings"], tensors["text_owner"].astype(np.int64)
         chars = [Character.from_dict({k: v for k, v in c.items() if k != "texts"}, f"bank {where}")
                  for c in manifest["characters"]]
-        arrays = []
+        arrays = {}
         for i, char in enumerate(chars):
             texts = tuple(manifest["characters"][i].get("texts", ()))
             tsel = txt[towner == i] if txt.size else np.empty((0, dim), dtype=np.float16)
@@ -262,8 +269,8 @@ class Bank:
                 raise BankError(f"bank {where}: character {char.id!r}: {isel.shape[0]} image rows of width "
                                 f"{isel.shape[1] if isel.ndim == 2 else '?'} for {len(char.references)} "
                                 f"references of dimension {dim}")
-            arrays.append((char, np.ascontiguousarray(isel), texts, np.ascontiguousarray(tsel)))
-        if len({c.id for c in chars}) != len(chars):
+            arrays[char.id] = (char, np.ascontiguousarray(isel), texts, np.ascontiguousarray(tsel))
+        if len(arrays) != len(chars):
             raise BankError(f"bank {where}: duplicate character ids")
         bank = cls(str(manifest["encoder"]), dim, digest=digest, path=where)
         bank._arrays = arrays
@@ -310,6 +317,7 @@ def _empty(dim: int) -> "torch.Tensor":
 
 #: A bank manifest's fields and their types.
 _MANIFEST_FIELDS = {"dim": int, "encoder": str, "characters": list}
+_KIND_NAMES = {int: "an integer", str: "a string", list: "a list"}
 _REBUILD = "fix: rebuild the bank with: guard bank build REFS_DIR -o BANK"
 
 
@@ -320,7 +328,7 @@ def check_manifest(manifest: Mapping[str, Any], where: str) -> None:
             raise BankError(f"bank {where}: manifest key {key!r} is missing; {_REBUILD}")
         value = manifest[key]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise BankError(f"bank {where}: manifest key {key!r} = {value!r:.80}: must be a {kind.__name__}; "
+            raise BankError(f"bank {where}: manifest key {key!r} = {value!r:.80}: must be {_KIND_NAMES[kind]}; "
                             f"{_REBUILD}")
     for i, entry in enumerate(manifest["characters"]):
         if not isinstance(entry, dict):

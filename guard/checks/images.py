@@ -62,7 +62,7 @@ class ImageChecks:
         try:
             for idx, emb, failures, infos in self.encoder.iter_image_batches(images, extract=extract):
                 for i, reason in failures.items():
-                    verdicts[i] = self._format_verdict(names[i], surface, reason)
+                    verdicts[i] = self.format_verdict(names[i], surface, reason)
                 finite = torch.isfinite(emb).all(1)
                 if not finite.all():  # an image the encoder cannot represent is no reason to allow it
                     for i in (i for i, ok in zip(idx, finite.tolist()) if not ok):

@@ -30,7 +30,7 @@ class TextChecks:
         if negative is not None and not isinstance(negative, str):
             raise TypeError(f"negative must be a str or None, got {type(negative).__name__}")
         name = subject if subject is not None else text
-        if self.bank.has_text_embeddings:
+        if self._embeds_prompts:
             self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
         [verdict] = self._checked(lambda: [self._prompt(text, negative, account, name)],
                                   lambda error: [self._error(name, Surface.PROMPT, error)], account)
@@ -51,7 +51,7 @@ class TextChecks:
         says, allowed and saying so, or blocked."""
         subject = "<prompt text not available>"
         if self.policy.generation.unscreened_prompt == "block":
-            verdict = self._format_verdict(subject, Surface.PROMPT, f"{reason} (policy: block unscreened prompts)")
+            verdict = self.format_verdict(subject, Surface.PROMPT, f"{reason} (policy: block unscreened prompts)")
             verdict = dataclasses.replace(verdict, facts={"screened": False})
         else:
             verdict = Verdict(subject, Surface.PROMPT, facts={"screened": False, "reason": reason})
@@ -81,7 +81,7 @@ class TextChecks:
 
     def _clip_text_findings(self, text: str, surface: Surface, account: str | None) -> list[Finding]:
         """The prompt, and windows of it, against the bank's name embeddings."""
-        if not self.bank.has_text_embeddings or not text.strip():
+        if not self._embeds_prompts or not text.strip():
             return []
         windows = _windows(text, self.policy.text.window_words, self.policy.text.window_stride)
         index, names = self._text_search

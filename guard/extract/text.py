@@ -140,6 +140,7 @@ def _pinyin_syllables() -> frozenset[str]:
     return frozenset(s for s in syllables if s.isascii() and s.isalpha())
 
 
+_TONE_DIGIT = regex.compile(r"[1-5]")
 _TONED = regex.compile(r"(?<![^\W\d_])([a-zA-Z]{1,6})([1-5])(?![^\W_])")
 
 
@@ -174,7 +175,7 @@ def prepare(text: str) -> tuple[str, list[int] | None]:
             text = "".join(pieces)
     if ":" in text:
         text = _WEIGHT.sub(lambda m: " " * len(m.group()), text)
-    if any(c in text for c in "12345"):
+    if _TONE_DIGIT.search(text):
         syllables = _pinyin_syllables()
         toned = [m for m in _TONED.finditer(text) if m.group(1).lower() in syllables]
         if len(toned) >= 2:  # one toned word is as likely leetspeak ("pikachu1")
@@ -190,9 +191,12 @@ def prepare(text: str) -> tuple[str, list[int] | None]:
 
 def fold(text: str) -> str:
     """The normal form of ``text`` (fast path, no offsets)."""
+    return _fold_prepared(_PUNCT_BEFORE_WORD.sub(_punct_leet, prepare(text)[0]))
+
+
+def _fold_prepared(text: str) -> str:
+    """Folding proper, on a text whose prompt syntax is already undone."""
     table = _table()
-    text = prepare(text)[0]
-    text = _PUNCT_BEFORE_WORD.sub(_punct_leet, text)
     if text.isascii():  # most prompts: NFKC, marks and look-alikes cannot occur
         return text.casefold().translate(table)
     # Before casefold (capital look-alikes such as Greek "Μ" map to "M"), and after it.
@@ -207,18 +211,10 @@ def fold_with_origin(text: str) -> tuple[str, list[int]]:
     prepared, before = prepare(text)
     pieces, origin = [], []
     for i, ch in enumerate(_PUNCT_BEFORE_WORD.sub(_punct_leet, prepared)):
-        piece = _fold_char(ch)
+        piece = _fold_prepared(ch)
         pieces.append(piece)
         origin.extend([i if before is None else before[i]] * len(piece))
     return "".join(pieces), origin
-
-
-def _fold_char(ch: str) -> str:
-    table = _table()
-    if ch.isascii():
-        return ch.casefold().translate(table)
-    folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", ch)).translate(table).casefold().translate(table)
-    return _t2s().convert(folded) if _HAN.search(folded) else folded
 
 
 #: Punctuation that is leetspeak before a letter ("p|kachu") but a separator between single

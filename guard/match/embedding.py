@@ -37,6 +37,8 @@ from functools import cache
 
 import torch
 
+from guard.errors import ConfigError
+
 #: The int8 kernel is used where its product is at least this much faster than float32's.
 INT8_WINS_FROM = 1.5
 KERNELS = ("int8", "fp32")
@@ -100,10 +102,13 @@ def kernel_for(dim: int) -> str:
     one measured faster on this CPU."""
     forced = os.environ.get("GUARD_MATCH_KERNEL", "").strip().lower()
     if forced:
+        # Configuration, not a check's outcome: it propagates past the fail-closed boundary.
         if forced not in KERNELS:
-            raise ValueError(f"GUARD_MATCH_KERNEL={forced!r} is not one of {', '.join(KERNELS)}")
+            raise ConfigError(f"GUARD_MATCH_KERNEL={forced!r} is not one of {', '.join(KERNELS)}; "
+                              "fix: unset it to let the index measure, or pick one of those")
         if forced == "int8" and not int8_product_available():
-            raise ValueError("GUARD_MATCH_KERNEL=int8: this torch has no int8 product on the CPU")
+            raise ConfigError("GUARD_MATCH_KERNEL=int8: this torch has no int8 product on the CPU; "
+                              "fix: GUARD_MATCH_KERNEL=fp32, or unset it")
         return forced
     return _measured_kernel(dim)
 

@@ -97,6 +97,7 @@ def max_distance(key: str, words: int = 1) -> int:
 
 
 def _tolerance(term: Term) -> int:
+    """Edits tolerated for ``term``: none for pinyin spellings (syllables of ordinary words)."""
     return 0 if term.via is not None else max_distance(term.key, len(_words(term.text)))
 
 
@@ -169,14 +170,15 @@ class TextMatcher:
             self._automaton.make_automaton()
 
         self._fuzzy: dict[str, list[int]] = defaultdict(list)
+        self._tolerated = [_tolerance(term) if term.kind == ALIAS and not term.cjk else 0 for term in self.terms]
         # Keys of the other spelling routes: repeated letters, sounds-like, dropped vowels.
         self._variants: dict[tuple[str, str], list[int]] = defaultdict(list)
         if fuzzy:
             for i, term in enumerate(self.terms):
                 if term.kind != ALIAS or term.cjk or term.via is not None:
                     continue
-                if _tolerance(term):
-                    variants = _deletes2(term.key) if _tolerance(term) == 2 else _deletes(term.key)
+                if self._tolerated[i]:
+                    variants = _deletes2(term.key) if self._tolerated[i] == 2 else _deletes(term.key)
                     for variant in variants:
                         self._fuzzy[variant].append(i)
                 if len(term.key) >= GLUE_FROM and term.key.isalpha():
@@ -186,7 +188,7 @@ class TextMatcher:
                         self._variants[("vowels dropped", skeleton(term.key))].append(i)
         fuzzy_terms = {i for ids in self._fuzzy.values() for i in ids}
         lengths = [len(self.terms[i].key) for i in fuzzy_terms]
-        reach = [len(self.terms[i].key) - _tolerance(self.terms[i]) for i in fuzzy_terms]
+        reach = [len(self.terms[i].key) - self._tolerated[i] for i in fuzzy_terms]
         self._fuzzy_len = (min(reach), max(lengths) + 2) if lengths else (0, -1)
         # A misspelt multi-word alias is looked for in word pairs that keep one word intact.
         self._alias_words = {w for i in fuzzy_terms for w in _words(self.terms[i].text)
@@ -236,9 +238,11 @@ class TextMatcher:
         # The text as written, the reading with ambiguous punctuation as separators, and,
         # where it has Han or kana, the romanised reading: the first evidence per character wins.
         passes = [(reading, None, True) for reading in readings(text)]
-        romanised = _romanise(text)
+        prepared, before = prepare(text)  # entities decoded first: "&#x5965;特慢" is read too
+        romanised = _romanise(prepared)
         if romanised is not None:
-            passes.append((romanised[0], romanised[1], False))
+            reading, origin = romanised
+            passes.append((reading, origin if before is None else [before[i] for i in origin], False))
         for reading, outer, fuzzy in passes:
             for hit in self._find_in(text, reading, outer, fuzzy):
                 found.setdefault((hit.character, hit.kind), hit)
@@ -281,10 +285,10 @@ class TextMatcher:
                     last = _word_containing(starts, end)
                 elif start in word_at_start and end + 1 in word_at_end:
                     first, last = word_at_start[start], word_at_end[end + 1]
-                elif term.glue and _word_containing(starts, start) == _word_containing(starts, end) and (
-                        start in word_at_start or end + 1 in word_at_end) and \
-                        words[_word_containing(starts, start)] not in _near_names():
-                    first = last = _word_containing(starts, start)  # glued to one word: "UltramanFan"
+                elif term.glue and (start in word_at_start or end + 1 in word_at_end) and \
+                        (w := _word_containing(starts, start)) == _word_containing(starts, end) and \
+                        words[w] not in _near_names():
+                    first = last = w  # glued to one word: "UltramanFan"
                 else:
                     continue
                 if any(hard[first + 1:last + 1]):
@@ -347,7 +351,7 @@ class TextMatcher:
                 if i in seen:
                     continue
                 seen.add(i)
-                tolerated = _tolerance(self.terms[i])
+                tolerated = self._tolerated[i]
                 d = OSA.distance(candidate, self.terms[i].key, score_cutoff=tolerated)
                 if 0 < d <= tolerated:
                     found.append((i, d))
