@@ -87,14 +87,19 @@ class ModelFileChecks:
             findings.append(self._takedown_decided(signal, 1.0, entry))
         if report.fingerprint is not None and not findings:
             floor = self.policy.lowest_threshold(Signal.FINGERPRINT, Surface.MODEL_FILE, self.bank.encoder)
-            for score, entry in index.by_fingerprint(report.fingerprint, floor)[: self.policy.top_k]:
-                findings.append(self._takedown_decided(Signal.FINGERPRINT, score, entry))
+            matches = index.by_fingerprint(report.fingerprint, floor, self.policy.model.substantial_share)
+            for match, entry in matches[: self.policy.top_k]:
+                evidence = {"layers_compared": match.shared, "agreement": round(match.agreement, 4),
+                            "coverage": round(match.coverage, 4), "chance": round(match.chance, 4),
+                            "layers_not_in_takedown": len(report.fingerprint.layers) - match.shared}
+                findings.append(self._takedown_decided(Signal.FINGERPRINT, match.score, entry, evidence))
         return [f for f in findings if f is not None]
 
-    def _takedown_decided(self, signal: Signal, score: float, entry) -> Finding | None:
+    def _takedown_decided(self, signal: Signal, score: float, entry,
+                          evidence: Mapping[str, Any] | None = None) -> Finding | None:
         decision = self.policy.decide(signal, score, Surface.MODEL_FILE, encoder=self.bank.encoder,
                                       character=entry.character)
-        return None if decision is None else self._takedown_finding(signal, score, entry, decision)
+        return None if decision is None else self._takedown_finding(signal, score, entry, decision, evidence)
 
     def _takedown_finding(self, signal: Signal, score: float, entry, decision,
                           evidence: Mapping[str, Any] | None = None) -> Finding:

@@ -29,15 +29,17 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from guard.extract.lora_keys import upgrade_layer_name
+
 K = 8  # sketch side: K*K numbers per layer
 SAMPLE = 64  # rows and columns of ΔW a sketch looks at (a window placed by the layer shape)
 #: Names the sketch recipe; stored with every fingerprint, so a change of recipe never
 #: compares incomparable sketches (a takedown list then needs the files taken down again).
 SCHEME = f"window{SAMPLE}-k{K}"
-def delta_sketch(name: str, parts: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The unit-length K*K sketch of a layer's ΔW, or ``None`` when the parts do not form one.
-
-    Alpha and rank only scale ΔW, so they drop out with the normalisation.
+def delta_sketch(name: str, parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float] | None:
+    """``(unit-length K*K sketch of a layer's ΔW, the layer's energy)``, or ``None`` when the
+    parts do not form one. The energy (squared length, estimated for the whole ΔW from its
+    window) is before alpha/rank scaling (see `layer_scale`).
     """
     p = {k: np.asarray(v, dtype=np.float32) for k, v in parts.items()}
     if "mid" in p and "down" in p:
@@ -51,13 +53,15 @@ def delta_sketch(name: str, parts: Mapping[str, np.ndarray]) -> np.ndarray | Non
         up, down = p["up"].reshape(p["up"].shape[0], -1), p["down"].reshape(p["down"].shape[0], -1)
         if up.shape[1] != down.shape[0]:
             return None
-        (r0, r_out), (c0, r_in) = _windows(up.shape[0], down.shape[1])
+        shape = up.shape[0], down.shape[1]
+        (r0, r_out), (c0, r_in) = _windows(*shape)
         sketch = (r_out.T @ up[r0:r0 + len(r_out)]) @ (down[:, c0:c0 + len(r_in)] @ r_in)
     else:
         delta = _dense_delta(p)
         if delta is None:
             return None
-        (r0, r_out), (c0, r_in) = _windows(delta.shape[0], delta.shape[1])
+        shape = delta.shape[0], delta.shape[1]
+        (r0, r_out), (c0, r_in) = _windows(*shape)
         sketch = r_out.T @ delta[r0:r0 + len(r_out), c0:c0 + len(r_in)] @ r_in
     with np.errstate(all="ignore"):
         norm = float(np.linalg.norm(sketch))
@@ -65,7 +69,21 @@ def delta_sketch(name: str, parts: Mapping[str, np.ndarray]) -> np.ndarray | Non
         raise ValueError(f"layer {name}: tensor with NaN or infinite values")
     if norm == 0:
         return None
-    return (sketch / norm).reshape(-1).astype(np.float32)
+    return (sketch / norm).reshape(-1).astype(np.float32), norm * norm * _area(*shape)
+
+
+def _area(rows: int, cols: int) -> float:
+    """A window's squared sketch length times this estimates the whole layer's (up to a
+    constant): the window holds ``min(rows, SAMPLE) * min(cols, SAMPLE)`` of its entries."""
+    return rows * cols / (min(rows, SAMPLE) * min(cols, SAMPLE))
+
+
+def layer_scale(alpha: np.ndarray | None, rank: int) -> float:
+    """kohya/LyCORIS scale ΔW by ``alpha / rank``; a file without alpha applies ΔW as stored."""
+    if alpha is None or alpha.size != 1 or rank <= 0:
+        return 1.0
+    value = float(np.asarray(alpha, dtype=np.float64).reshape(-1)[0])
+    return abs(value) / rank if math.isfinite(value) and value != 0 else 1.0
 
 
 def _dense_delta(p: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -105,47 +123,131 @@ def _windows(rows: int, cols: int):
 
 
 @dataclass(frozen=True)
+class KeepDown:
+    """How much of a taken-down LoRA an upload reproduces (`Fingerprint.contains`)."""
+
+    score: float  # what the policy's thresholds compare: agreement beyond chance (1 = a copy), times coverage
+    agreement: float  # mean sketch cosine over the layers both adapt, weighted by the taken-down energy
+    coverage: float  # share of the taken-down update on layers the upload adapts too
+    shared: int  # layers both adapt
+    chance: float  # agreement two unrelated files reach by chance (4 standard errors)
+
+
+NO_MATCH = KeepDown(0.0, 0.0, 0.0, 0, 0.0)
+
+
+@dataclass(frozen=True)
 class Fingerprint:
-    """Per-layer unit sketches of a LoRA's effective weight updates."""
+    """Per-layer unit sketches of a LoRA's effective weight updates, and each update's energy.
+
+    ``energy`` is the squared length of each layer's sketch after alpha/rank scaling: only
+    its proportions between layers are used, so re-scaling the whole file changes nothing.
+    Fingerprints stored before energies were kept weigh every layer the same.
+    """
 
     layers: Mapping[str, np.ndarray]
     scheme: str = SCHEME
+    energy: Mapping[str, float] | None = None
+
+    def contains(self, taken_down: "Fingerprint", substantial: float = 0.5) -> KeepDown:
+        """Is a substantial part of ``taken_down``'s work in this file?
+
+        Only layers both files adapt are compared, so extra layers (junk, padding, another
+        LoRA's layers) never dilute a match and a subset of the layers is still the same
+        work. The shared layers' sketch cosines are averaged with `_match_weights`. Two
+        unrelated files agree by chance about ``1 / (K * sqrt(n))`` for n equally weighted
+        layers: the score is the agreement beyond four times that, rescaled so that a copy
+        still scores 1, and scaled down when the shared layers carry less than
+        ``substantial`` of the taken-down update. Sketches of different schemes are not
+        comparable: no match.
+        """
+        if not self.layers or not taken_down.layers or self.scheme != taken_down.scheme:
+            return NO_MATCH
+        shared = [n for n in taken_down.layers if n in self.layers]
+        if not shared:
+            return NO_MATCH
+        w = _match_weights(taken_down, self, shared)
+        covered = taken_down._share(shared)
+        if covered <= 0 or w is None:
+            return NO_MATCH
+        cos = np.einsum("ij,ij->i", np.stack([taken_down.layers[n] for n in shared]),
+                        np.stack([self.layers[n] for n in shared])).astype(np.float64)
+        agreement = float(np.dot(w, cos))
+        chance = min(0.5, 4.0 * math.sqrt(float(np.dot(w, w))) / K)
+        reach = min(1.0, covered / substantial) if substantial > 0 else 1.0
+        score = max(0.0, min(1.0, (agreement - chance) / (1.0 - chance))) * reach
+        return KeepDown(score, agreement, covered, len(shared), chance)
 
     def similarity(self, other: "Fingerprint") -> float:
-        """Mean sketch cosine over shared layers, counting unshared layers as 0: in [0, 1].
+        """The larger containment score either way round (for comparing two uploads)."""
+        return max(self.contains(other).score, other.contains(self).score)
 
-        Sketches of different schemes (window, projections) are not comparable: 0.
-        """
-        if not self.layers or not other.layers or self.scheme != other.scheme:
-            return 0.0
-        shared = self.layers.keys() & other.layers.keys()
-        total = sum(float(np.dot(self.layers[n], other.layers[n])) for n in shared)
-        return max(0.0, total / max(len(self.layers), len(other.layers)))
+    def _share(self, names) -> float:
+        """The share of this file's update carried by ``names`` (by layer count without energies)."""
+        if not self.energy:
+            return len(names) / len(self.layers)
+        total = sum(self.energy.get(n, 0.0) for n in self.layers)
+        if not math.isfinite(total) or total <= 0:
+            return len(names) / len(self.layers)
+        return sum(self.energy.get(n, 0.0) for n in names) / total
+
 
     def to_bytes(self) -> bytes:
         names = sorted(self.layers)
         matrix = np.stack([self.layers[n] for n in names]).astype(np.float16) if names else np.zeros((0, K * K))
-        head = json.dumps({"k": K, "scheme": self.scheme, "layers": names}).encode()
-        return len(head).to_bytes(4, "little") + head + matrix.astype(np.float16).tobytes()
+        head = {"k": K, "scheme": self.scheme, "layers": names}
+        if self.energy is not None:
+            head["energy"] = [float(self.energy.get(n, 0.0)) for n in names]
+        data = json.dumps(head).encode()
+        return len(data).to_bytes(4, "little") + data + matrix.astype(np.float16).tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Fingerprint":
         n = int.from_bytes(data[:4], "little")
         head = json.loads(data[4:4 + n])
         matrix = np.frombuffer(data[4 + n:], dtype=np.float16).reshape(len(head["layers"]), head["k"] ** 2)
+        names = [upgrade_layer_name(name) for name in head["layers"]]
+        energy = dict(zip(names, head["energy"])) if "energy" in head else None
         # Fingerprints stored before schemes were named used 128x128 windows.
-        return cls({name: matrix[i].astype(np.float32) for i, name in enumerate(head["layers"])},
-                   head.get("scheme", "window128-k8"))
+        return cls({name: matrix[i].astype(np.float32) for i, name in enumerate(names)},
+                   head.get("scheme", "window128-k8"), energy)
+
+
+def _match_weights(taken_down: Fingerprint, upload: Fingerprint, shared: list[str]) -> np.ndarray | None:
+    """Per shared layer, how strongly the taken-down update shows in the upload's: the ratio
+    of their lengths (the matched filter for "upload = a·taken-down + other work"; equal
+    for a copy at any scale), normalised to sum 1. Layers the taken-down file barely
+    changed weigh little; so do layers an upload filled with other work. Equal weights when
+    either file has no stored energies."""
+    if not taken_down.energy or not upload.energy:
+        return np.full(len(shared), 1.0 / len(shared))
+    t = np.sqrt(np.array([taken_down.energy.get(n, 0.0) for n in shared], dtype=np.float64))
+    u = np.sqrt(np.array([upload.energy.get(n, 0.0) for n in shared], dtype=np.float64))
+    with np.errstate(all="ignore"):
+        ratio = np.where(u > 0, t / u, 0.0)
+    ratio = np.where(np.isfinite(ratio), ratio, 0.0)
+    total = ratio.sum()
+    return ratio / total if total > 0 else None
 
 
 def fingerprint(layers: Mapping[str, Mapping[str, str]], load: Callable[[str], np.ndarray]) -> Fingerprint:
     """Fingerprint from grouped layers; ``load(key)`` returns a tensor (an array) by its key."""
     sketches: dict[str, np.ndarray] = {}
+    energy: dict[str, float] = {}
     for name, parts in layers.items():
-        sketch = delta_sketch(name, {part: load(key) for part, key in parts.items() if part not in ("dora", "alpha")})
-        if sketch is not None:
-            sketches[name] = sketch
-    return Fingerprint(sketches)
+        tensors = {part: load(key) for part, key in parts.items() if part != "dora"}
+        found = delta_sketch(name, {p: t for p, t in tensors.items() if p != "alpha"})
+        if found is not None:
+            sketches[name], raw = found
+            energy[name] = raw * layer_scale(tensors.get("alpha"), _rank(tensors)) ** 2
+    return Fingerprint(sketches, energy=energy)
+
+
+def _rank(tensors: Mapping[str, np.ndarray]) -> int:
+    for part in ("down", "w1b", "k2b"):
+        if part in tensors and tensors[part].ndim:
+            return int(tensors[part].shape[0])
+    return 0
 
 
 #: The unsigned word type of each float dtype a LoRA uses: tensors are gathered as raw words.
@@ -176,7 +278,8 @@ def fingerprint_buffer(layers: Mapping[str, Mapping[str, str]], infos: Mapping, 
             rest[name] = parts
             continue
         groups.setdefault((up.dtype, out, rank, width), []).append((name, a // size, b // size))
-    sketches = dict(fingerprint(rest, load).layers)
+    loose = fingerprint(rest, load)
+    sketches, energy = dict(loose.layers), dict(loose.energy or {})
     for (dtype, out, rank, width), group in groups.items():
         word = np.dtype(WORDS[dtype])
         raw = np.frombuffer(data, dtype=word, count=len(data) // word.itemsize)
@@ -201,10 +304,25 @@ def fingerprint_buffer(layers: Mapping[str, Mapping[str, str]], infos: Mapping, 
         for i, (name, _, _) in enumerate(group):
             if norms[i] > 0:
                 sketches[name] = unit[i]
-    return Fingerprint(sketches)
+                alpha = _scalar(data, data_start, infos.get(layers[name].get("alpha")))
+                energy[name] = float(norms[i]) ** 2 * _area(out, width) * layer_scale(alpha, rank) ** 2
+    return Fingerprint(sketches, energy=energy)
 
 
 _LOW_RANK_PARTS = {"up", "down", "alpha", "dora"}
+
+
+def _scalar(data: memoryview, data_start: int, info) -> np.ndarray | None:
+    """A one-element float tensor (an alpha) read straight from the buffer; ``None`` otherwise.
+
+    A LoRA has an alpha per layer: going through the general loader for each costs more
+    than the sketches of a whole shape group."""
+    if info is None or info.dtype not in WORDS or info.end - info.begin != np.dtype(WORDS[info.dtype]).itemsize:
+        return None
+    raw = bytes(data[data_start + info.begin:data_start + info.end])
+    if info.dtype == "BF16":
+        return np.frombuffer(b"\0\0" + raw, dtype="<f4")  # bfloat16 is float32's upper half
+    return np.frombuffer(raw, dtype={"F16": "<f2", "F32": "<f4", "F64": "<f8"}[info.dtype])
 
 
 def as_float32(words: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:

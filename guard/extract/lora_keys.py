@@ -14,11 +14,26 @@ import functools
 import re
 from typing import Any, Mapping
 
-_PREFIXES = [  # naming family prefix -> canonical prefix
+_PREFIXES = [  # naming family prefix -> canonical prefix (the first that fits wins)
     ("lora_unet_", "unet_"), ("lora_te1_", "text_encoder_"), ("lora_te2_", "text_encoder_2_"),
-    ("lora_te_", "text_encoder_"), ("base_model.model.", "unet."), ("unet.", "unet."),
-    ("text_encoder_2.", "text_encoder_2."), ("text_encoder.", "text_encoder."), ("transformer.", "transformer."),
+    ("lora_te3_", "text_encoder_3_"), ("lora_te_", "text_encoder_"), ("lora_transformer_", "transformer_"),
+    ("lora_prior_unet_", "prior_unet_"), ("lora_prior_te_", "prior_text_encoder_"),
+    ("base_model.model.", "unet."), ("unet.", "unet."),
+    ("text_encoder_2.", "text_encoder_2."), ("text_encoder_3.", "text_encoder_3."), ("text_encoder.", "text_encoder."),
+    ("transformer.", "transformer."),
+    # ComfyUI's own names: its model's state-dict keys (LDM/original layouts) and text encoders by model
+    ("diffusion_model.", "unet."), ("text_encoders.clip_l.transformer.", "text_encoder."),
+    ("text_encoders.clip_h.transformer.", "text_encoder."), ("text_encoders.clip_g.transformer.", "text_encoder_2."),
+    ("text_encoders.t5xxl.transformer.", "text_encoder_t5."),
 ]
+#: SimpleTuner's LyCORIS files (``lycoris_`` + the diffusers name, dots as underscores) name
+#: the denoiser without saying which: a transformer's blocks, else a UNet's.
+_LYCORIS = "lycoris_"
+_TRANSFORMER_BLOCKS = ("transformer_blocks_", "single_transformer_blocks_", "joint_blocks_", "double_blocks_",
+                       "single_blocks_", "context_embedder", "x_embedder", "controlnet_x_embedder", "time_text_embed", "norm_out", "proj_out")
+#: T5 is one model whatever slot a family gives it (diffusers' Flux: text_encoder_2, SD3:
+#: text_encoder_3; kohya's te2/te3; ComfyUI's t5xxl): its layer paths say it is T5.
+_T5 = re.compile(r"^text_encoder(?:_[23])?_(?=encoder_block_|encoder_final_layer_norm|shared$)")
 _PARTS = {
     "lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "lora_A.weight": "down", "lora_B.weight": "up",
     "lora_A.default.weight": "down", "lora_B.default.weight": "up", "alpha": "alpha",
@@ -29,10 +44,14 @@ _PARTS = {
     # diffusers before PEFT (0.14-0.24): LoRACompatibleLinear/Conv, and the text encoder's patched layers
     "lora.down.weight": "down", "lora.up.weight": "up",
     "lora_linear_layer.down.weight": "down", "lora_linear_layer.up.weight": "up",
+    "lora_A": "down", "lora_B": "up",  # Mochi's official files (ComfyUI reads them)
 }
 #: diffusers' first LoRA format (``unet.save_attn_procs``): the adapted projection is named
 #: by the attention processor that held it, ``….attn1.processor.to_q_lora.down.weight``.
 _ATTN_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+#: ...and its text encoder's patched CLIP attention: ``….self_attn.to_q_lora.up.weight`` is ``q_proj``.
+_TEXT_ATTN = re.compile(r"\.self_attn\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+_CLIP_PROJECTION = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 _SUFFIX = re.compile("|".join(re.escape("." + s) + "$" for s in sorted(_PARTS, key=len, reverse=True)))
 
 
@@ -43,15 +62,29 @@ def canonical_layer(prefix: str) -> str:
             prefix = canonical + prefix[len(family):]
             break
     else:
-        prefix = "unet." + prefix  # PEFT files of a bare UNet carry no component prefix
-    name = prefix.replace(".", "_")
-    if name.startswith(_LDM_PREFIXES):
+        if prefix.startswith(_LYCORIS):
+            rest = prefix[len(_LYCORIS):]
+            prefix = ("transformer_" if rest.startswith(_TRANSFORMER_BLOCKS) else "unet_") + rest
+        elif prefix.startswith(("transformer_blocks.", "single_transformer_blocks.", "joint_blocks.")):
+            prefix = "transformer." + prefix  # a bare transformer's diffusers names
+        else:
+            prefix = "unet." + prefix  # PEFT files of a bare UNet carry no component prefix
+    name = upgrade_layer_name(prefix.replace(".", "_"))
+    if name.startswith(_LDM_PREFIXES) or name in _LDM_OTHER:
         return _from_ldm(name)
     if flux := _FLUX_BLOCK.match(name):
         return _from_flux(name, *flux.groups())
+    if other := _FLUX_OTHER_NAME.match(name):
+        return "transformer_" + _FLUX_OTHER[other.group(1)]
     if sd3 := _SD3_BLOCK.match(name):
         return _from_sd3(name, *sd3.groups())
     return name
+
+
+def upgrade_layer_name(name: str) -> str:
+    """A canonical name as this version writes it (fingerprints store names: older ones gave
+    T5 the slot of the model it came with)."""
+    return _T5.sub("text_encoder_t5_", name, count=1)
 
 
 # The original (LDM/SGM) UNet layout that kohya's SDXL LoRAs name, mapped onto the diffusers
@@ -62,10 +95,14 @@ _LDM_PREFIXES = ("unet_input_blocks_", "unet_middle_block_", "unet_output_blocks
 _LDM_BLOCK = re.compile(r"unet_(input|output)_blocks_(\d+)_(\d+)(?:_(.+))?$")
 _LDM_MIDDLE = re.compile(r"unet_middle_block_([012])_(.+)$")
 _LDM_RESNET = {"in_layers_2": "conv1", "emb_layers_1": "time_emb_proj", "out_layers_3": "conv2",
-               "skip_connection": "conv_shortcut"}
+               "skip_connection": "conv_shortcut", "in_layers_0": "norm1", "out_layers_0": "norm2"}
 _LDM_OTHER = {"unet_input_blocks_0_0": "unet_conv_in", "unet_time_embed_0": "unet_time_embedding_linear_1",
               "unet_time_embed_2": "unet_time_embedding_linear_2", "unet_label_emb_0_0": "unet_add_embedding_linear_1",
-              "unet_label_emb_0_2": "unet_add_embedding_linear_2", "unet_out_2": "unet_conv_out"}
+              "unet_label_emb_0_2": "unet_add_embedding_linear_2", "unet_out_2": "unet_conv_out",
+              "unet_out_0": "unet_conv_norm_out",
+              # diffusers names the one LDM label embedding two ways, by what it embeds
+              "unet_class_embedding_linear_1": "unet_add_embedding_linear_1",
+              "unet_class_embedding_linear_2": "unet_add_embedding_linear_2"}
 
 
 def _from_ldm(name: str) -> str:
@@ -106,6 +143,16 @@ _FLUX_DOUBLE = {"img_attn_qkv#0": "attn_to_q", "img_attn_qkv#1": "attn_to_k", "i
                 "txt_mlp_2": "ff_context_net_2", "img_mod_lin": "norm1_linear", "txt_mod_lin": "norm1_context_linear"}
 _FLUX_SINGLE = {"linear1#0": "attn_to_q", "linear1#1": "attn_to_k", "linear1#2": "attn_to_v", "linear1#3": "proj_mlp",
                 "linear2": "proj_out", "modulation_lin": "norm_linear"}
+#: Flux's layers outside the blocks, original name -> diffusers name.
+_FLUX_OTHER = {"img_in": "x_embedder", "txt_in": "context_embedder", "final_layer_linear": "proj_out",
+               "time_in_in_layer": "time_text_embed_timestep_embedder_linear_1",
+               "time_in_out_layer": "time_text_embed_timestep_embedder_linear_2",
+               "vector_in_in_layer": "time_text_embed_text_embedder_linear_1",
+               "vector_in_out_layer": "time_text_embed_text_embedder_linear_2",
+               "guidance_in_in_layer": "time_text_embed_guidance_embedder_linear_1",
+               "guidance_in_out_layer": "time_text_embed_guidance_embedder_linear_2",
+               "pos_embed_input": "controlnet_x_embedder"}
+_FLUX_OTHER_NAME = re.compile(r"(?:unet|transformer)_(?:diffusion_model_)?(" + "|".join(_FLUX_OTHER) + ")$")
 #: Fused layer -> the share of its output rows each part takes (q, k, v; and the 4x-wide MLP).
 _FUSED = {"img_attn_qkv": (1, 1, 1), "txt_attn_qkv": (1, 1, 1), "linear1": (1, 1, 1, 4)}
 
@@ -179,6 +226,8 @@ def split_key(key: str) -> tuple[str, str] | None:
     if m := _ATTN_PROCESSOR.search(key):
         projection = "to_out.0" if m.group(1) == "to_out" else m.group(1)
         return f"{key[:m.start()]}.{projection}", m.group(2)
+    if m := _TEXT_ATTN.search(key):
+        return f"{key[:m.start()]}.self_attn.{_CLIP_PROJECTION[m.group(1)]}", m.group(2)
     m = _SUFFIX.search(key)
     if not m:
         return None

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from guard.extract.lora import Fingerprint
+from guard.extract.lora import Fingerprint, KeepDown
 from guard.extract.pdq import distances
 from guard.state.takedowns import Takedown, TakedownList
 
@@ -55,9 +55,11 @@ class TakedownIndex:
                  if d <= max_distance]
         return sorted(found, key=lambda de: de[0])
 
-    def by_fingerprint(self, fingerprint: Fingerprint, floor: float) -> list[tuple[float, Takedown]]:
-        scored = [(fingerprint.similarity(e.fingerprint), e) for e in self.fingerprinted]
-        return sorted(((s, e) for s, e in scored if s >= floor), key=lambda se: -se[0])
+    def by_fingerprint(self, fingerprint: Fingerprint, floor: float,
+                       substantial: float) -> list[tuple[KeepDown, Takedown]]:
+        """Taken-down LoRAs whose work the upload contains at ``floor`` or more, best first."""
+        scored = [(fingerprint.contains(e.fingerprint, substantial), e) for e in self.fingerprinted]
+        return sorted(((m, e) for m, e in scored if m.score >= floor), key=lambda me: -me[0].score)
 
 
 class TakedownMatcher:

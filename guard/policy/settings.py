@@ -43,6 +43,7 @@ class ModelSettings:
 
     hash_mismatch: str = setting(choice(*ACTIONS))
     blake3: bool = setting(boolean())
+    substantial_share: float = setting(number(0.05, 1.0))
 
 
 @dataclass(frozen=True)
