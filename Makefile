@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 # The CPU machines this project builds on carry this torch on local disk; GPU users install
 # their own torch first and then `pip install -e .` (see README).
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# ComfyUI's source (tests run a real ComfyUI server); absent on a user's machine: those tests skip
+COMFYUI := ../shared/vendor/comfyui-a125cd84.tar.gz
 
 .PHONY: demo test bench clean
 
@@ -17,10 +19,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,hashes,diffusers,server]'
 	touch $@
 
+# ComfyUI's own requirements (its torch lines excepted: the pinned torch stays).
+$(VENV)/.comfyui: $(VENV)/.installed
+	@if [ -f $(COMFYUI) ]; then \
+	  mkdir -p .cache && tar -xzf $(COMFYUI) -C .cache && \
+	  grep -v -E '^(torch|torchvision|torchaudio)$$' .cache/comfyui-src/requirements.txt > .cache/comfyui-requirements.txt && \
+	  $(BIN)/pip install -q -r .cache/comfyui-requirements.txt; \
+	else echo "no ComfyUI source at $(COMFYUI): the ComfyUI tests will skip"; fi
+	touch $@
+
 demo: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-test: $(VENV)/.installed
+test: $(VENV)/.comfyui
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
@@ -29,6 +40,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_prompts.py
 	$(BIN)/python benchmarks/bench_scan.py
 	$(BIN)/python benchmarks/bench_fingerprint.py
+	$(BIN)/python benchmarks/bench_comfyui.py
 	$(BIN)/python benchmarks/bench_generation.py
 	$(BIN)/python benchmarks/bench_gate.py
 

@@ -23,6 +23,7 @@ from guard.checks.bundles import BundleChecks, confined, is_bundle, read_bundle
 from guard.checks.images import IMAGE_SURFACES, ImageChecks
 from guard.checks.model_files import ModelFileChecks
 from guard.checks.text import TextChecks
+from guard.checks.workflows import LRU, ModelVerdictCache, WorkflowChecks, WorkflowFile, WorkflowText
 from guard.encoders.protocol import Encoder
 from guard.encoders import encoder_label, encoder_name, load_encoder, meaningful
 from guard.errors import ConfigError, DeviceUnavailable
@@ -37,10 +38,10 @@ from guard.verdict import Action, Finding, Signal, Surface, Verdict
 
 log = logging.getLogger("guard")
 
-__all__ = ["Guard", "IMAGE_SURFACES"]
+__all__ = ["Guard", "IMAGE_SURFACES", "WorkflowFile", "WorkflowText"]
 
 
-class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks):
+class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChecks):
     """Checks items against a bank under a policy.
 
     Args:
@@ -77,12 +78,16 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks):
             "encoder": encoder_label(bank.encoder),
         }
         self._encoder_options: dict[str, Any] = {}
+        self._model_cache = ModelVerdictCache()
+        self._text_cache = LRU(8192)  # workflow texts' findings; emptied when the bank changes
         self._index_bank()
 
     def _index_bank(self) -> None:
         """Derive the search structures from the bank (again after it changes). The embedding
         indexes are built when first searched: a model-file scan never needs them (nor torch)."""
         bank = self.bank
+        self._text_cache.clear()  # the bank decides what texts and model files hold
+        self._model_cache.clear()
         self._characters: list[Character] = bank.characters
         self._text = TextMatcher.from_bank(bank, benign=list(self.policy.text.benign), fuzzy=self.policy.text.fuzzy)
         # Prompts are embedded only against a bank with name embeddings, and only if the

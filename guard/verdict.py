@@ -41,6 +41,7 @@ class Surface(str, enum.Enum):
     COVER_IMAGE = "cover_image"
     MODEL_FILE = "model_file"
     PUBLICATION = "publication"
+    WORKFLOW = "workflow"  # a generation request as a node graph (ComfyUI), recorded whole
 
 
 class Signal(str, enum.Enum):

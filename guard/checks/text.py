@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from guard.extract.text import fold
 from guard.verdict import Action, Finding, Signal, Surface, Verdict
@@ -81,26 +81,40 @@ class TextChecks:
 
     def _clip_text_findings(self, text: str, surface: Surface, account: str | None) -> list[Finding]:
         """The prompt, and windows of it, against the bank's name embeddings."""
-        if not self._embeds_prompts or not text.strip():
-            return []
-        windows = _windows(text, self.policy.text.window_words, self.policy.text.window_stride)
+        return self._clip_text_findings_many([text], surface, account)[0]
+
+    def _clip_text_findings_many(self, texts: Sequence[str], surface: Surface,
+                                 account: str | None) -> list[list[Finding]]:
+        """`_clip_text_findings` of several texts with one encoder forward for all of them."""
+        out: list[list[Finding]] = [[] for _ in texts]
+        if not self._embeds_prompts:
+            return out
+        windows, spans = [], []
+        for text in texts:
+            start = len(windows)
+            if text.strip():
+                windows += _windows(text, self.policy.text.window_words, self.policy.text.window_stride)
+            spans.append((start, len(windows)))
+        if not windows:
+            return out
         index, names = self._text_search
         matches = index.search(self.encoder.encode_texts(windows), self._floor(Signal.CLIP_TEXT, surface))
-        best: dict[int, tuple[float, int, int]] = {}
-        for w, row in enumerate(matches):
-            for m in row:
-                if m.score > best.get(m.owner, (-2.0,))[0]:
-                    best[m.owner] = (m.score, w, m.exemplar)
-        findings = []
-        for owner, (score, w, row) in sorted(best.items(), key=lambda kv: -kv[1][0]):
-            evidence = {"window": windows[w], "name": names[row]}
-            if not self.encoder.meaningful:
-                evidence["note"] = NOT_MEANINGFUL
-            finding = self._decide(Signal.CLIP_TEXT, min(score, 1.0), surface, self._characters[owner],
-                                   account, evidence)
-            if finding is not None:
-                findings.append(finding)
-        return findings[: self.policy.top_k]
+        for i, (start, end) in enumerate(spans):
+            best: dict[int, tuple[float, int, int]] = {}
+            for w in range(start, end):
+                for m in matches[w]:
+                    if m.score > best.get(m.owner, (-2.0,))[0]:
+                        best[m.owner] = (m.score, w, m.exemplar)
+            for owner, (score, w, row) in sorted(best.items(), key=lambda kv: -kv[1][0]):
+                evidence = {"window": windows[w], "name": names[row]}
+                if not self.encoder.meaningful:
+                    evidence["note"] = NOT_MEANINGFUL
+                finding = self._decide(Signal.CLIP_TEXT, min(score, 1.0), surface, self._characters[owner],
+                                       account, evidence)
+                if finding is not None:
+                    out[i].append(finding)
+            out[i] = out[i][: self.policy.top_k]
+        return out
 
     def _steered(self, verdict: Verdict, negative: str | None) -> Verdict:
         """Allow a flagged prompt, steering away from the flagged characters (CopyCat mitigation)."""

@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = takedown.add_parser("remove", parents=[common], help="remove every entry of a notice")
     p.add_argument("--notice", required=True)
     p.set_defaults(run=cmd_takedown_remove)
+
+    comfy = groups.add_parser("comfyui", help="guard a ComfyUI server").add_subparsers(dest="cmd", required=True)
+    p = comfy.add_parser("install", parents=[common], help="write the diffusion_guard node pack into a ComfyUI folder")
+    p.add_argument("comfyui", metavar="COMFYUI_DIR", help="the folder holding ComfyUI's main.py (or its --base-directory)")
+    p.add_argument("--account-key", default=None, help="extra_data field naming the account (default guard_account)")
+    p.set_defaults(run=cmd_comfyui_install)
     return parser
 
 
@@ -348,6 +354,19 @@ def cmd_takedown_add(args) -> int:
                     f"{entry.to_dict()['fingerprint_layers']} fingerprinted layers")
             out.print(f"taken down under notice {entry.notice}: {entry.subject} (sha256 {entry.sha256[:16]}…, "
                       f"{kept})", highlight=False)
+    return EXIT_OK
+
+
+def cmd_comfyui_install(args) -> int:
+    from guard.adapters.comfyui.install import install
+
+    if not args.bank:
+        raise ConfigError("no bank given: pass --bank BANK (the node pack reads it at every ComfyUI start)")
+    Guard.open(args.bank, args.policy, args.encoder)  # a bank or policy that fails here would fail in ComfyUI
+    pack = install(args.comfyui, bank=args.bank, policy=args.policy, state=args.state, encoder=args.encoder,
+                   device=args.device, account_key=args.account_key)
+    out.print(f"installed {pack} (settings in {pack / 'diffusion_guard.toml'}); restart ComfyUI to load it",
+              highlight=False)
     return EXIT_OK
 
 
