@@ -68,9 +68,9 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
         if encoder is not None:
             bank.require_encoder(encoder.name)
         self.state = state
-        self.takedowns = TakedownList(state) if state is not None else None
-        self._takedown_matcher = TakedownMatcher(self.takedowns) if self.takedowns is not None else None
         self.audit = AuditLog(state) if state is not None else None
+        self.takedowns = TakedownList(state, self.audit) if state is not None else None
+        self._takedown_matcher = TakedownMatcher(self.takedowns) if self.takedowns is not None else None
         self.versions = {
             "guard": __version__,
             "bank": bank.digest,
@@ -115,7 +115,8 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
         """Open new connections to the state folder: a process forked from this one must not
         use its parent's SQLite connections."""
         if self.state is not None:
-            self.takedowns, self.audit = TakedownList(self.state), AuditLog(self.state)
+            self.audit = AuditLog(self.state)
+            self.takedowns = TakedownList(self.state, self.audit)
             self._takedown_matcher = TakedownMatcher(self.takedowns)
 
     @property
@@ -174,7 +175,8 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
 
     # Takedowns and enrolment ----------------------------------------------------------------
     def take_down(self, item: str | os.PathLike, notice: str, character: str | None = None,
-                  reason: str | None = None, *, confine: Sequence[Path] | None = None) -> list:
+                  reason: str | None = None, *, confine: Sequence[Path] | None = None,
+                  operator: str | None = None) -> list:
         """Put an item on the takedown list so it stays down; returns the entries made.
 
         A model file keeps its hashes and LoRA fingerprint; an image its SHA-256 and PDQ hash;
@@ -186,12 +188,12 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
         if character is not None:
             self.bank.character(character)  # a typo in the character id is an error, not a silent entry
         path = confined(Path(item), confine)
-        entry = functools.partial(self.takedowns.add, notice, character=character, reason=reason)
+        entry = functools.partial(self.takedowns.add, notice, character=character, reason=reason, operator=operator)
         if is_bundle(path):
             parts = read_bundle(path, confine)
             made = []
             for part in [parts.model] + parts.images if parts.model else parts.images:
-                made += self.take_down(part, notice, character, reason, confine=confine)
+                made += self.take_down(part, notice, character, reason, confine=confine, operator=operator)
             return made
         if is_image(path):
             try:
@@ -207,12 +209,18 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
                       fingerprint=report.fingerprint)]
 
     def enroll(self, character: str, refs: str | os.PathLike, holder: str | None = None,
-               accounts: Sequence[str] = (), names: Mapping[str, str] | None = None) -> Character:
-        """Enroll or update a character from a rights holder's notice; only new images are encoded."""
+               accounts: Sequence[str] = (), names: Mapping[str, str] | None = None,
+               operator: str | None = None) -> Character:
+        """Enroll or update a character from a rights holder's notice; only new images are
+        encoded. With a state folder the notice is a row of the audit chain."""
         from guard.bank.build import enroll  # torch: only enrolment encodes
 
         char = enroll(self.bank, character, Path(refs), self.encoder, holder, accounts, names)
         self._index_bank()
+        if self.audit is not None:
+            self.audit.record_event("notice_add", char.id, operator, {
+                "character": char.id, "holder": char.holder, "references": len(char.references),
+                "authorized_accounts": sorted(char.authorized_accounts), "bank": self.bank.digest})
         return char
 
     # Shared -----------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def test_editing_a_row_is_detected_and_named(tmp_path, capsys):
     written_log(tmp_path, 20).close()
     with sqlite3.connect(tmp_path / "audit.sqlite") as db:
         db.execute("UPDATE audit SET subject = 'tampered' WHERE seq = 12")
-    assert main(["audit", "verify", "--state", str(tmp_path)]) == 1
+    assert main(["audit", "verify", "--state", str(tmp_path)]) == 5
     assert "row 12" in capsys.readouterr().err  # the first row whose hash no longer fits
     result = AuditLog(tmp_path).verify()
     assert not result.ok and result.bad_seq == 12 and "changed" in result.reason
@@ -241,7 +241,7 @@ def test_editing_a_row_is_detected_and_named(tmp_path, capsys):
         db.execute("UPDATE audit SET action = 'block' WHERE seq = 3")
     result = AuditLog(tmp_path).verify()
     assert result.bad_seq == 3
-    assert main(["audit", "verify", "--state", str(tmp_path)]) == 1
+    assert main(["audit", "verify", "--state", str(tmp_path)]) == 5
     assert "row 3" in capsys.readouterr().err
 
 
@@ -251,7 +251,7 @@ def test_deleting_or_reordering_rows_is_detected(tmp_path):
         db.execute("DELETE FROM audit WHERE seq = 5")
     assert AuditLog(tmp_path).verify().bad_seq == 6
     with sqlite3.connect(tmp_path / "audit.sqlite") as db:
-        db.execute("INSERT INTO audit SELECT 5, time, surface, subject, account, action, verdict, prev_hash, row_hash"
+        db.execute("INSERT INTO audit SELECT 5, time, surface, subject, account, action, verdict, prev_hash, row_hash, mac"
                    " FROM audit WHERE seq = 9")
     assert not AuditLog(tmp_path).verify().ok
 
@@ -269,7 +269,7 @@ def test_cutting_off_the_newest_rows_is_caught_by_an_anchor(tmp_path, capsys):
     result = AuditLog(tmp_path).verify([head])  # ...but not the one the anchor saw
     assert not result.ok and result.bad_seq == 10 and "newest rows were removed" in result.reason
     capsys.readouterr()
-    assert main(["audit", "verify", "--state", str(tmp_path), "--anchor", str(tmp_path / "report.json")]) == 1
+    assert main(["audit", "verify", "--state", str(tmp_path), "--anchor", str(tmp_path / "report.json")]) == 5
     assert "row 10" in capsys.readouterr().err
     # Re-growing the chain to the anchor's length with other rows does not pass either.
     regrown = AuditLog(tmp_path)

@@ -8,6 +8,8 @@ import sqlite3
 
 import pytest
 
+from guard.state import AuditLog
+
 from guard import Action, Bank, Guard, Policy
 from guard.adapters.cli import main
 
@@ -192,6 +194,7 @@ def test_cli_mistakes_are_one_line(bank_file, tmp_path, capsys):
     assert main(["check", "prompt", "a cat", "--device", "tpu9", "--bank", str(bank_file)]) == 2
     err = capsys.readouterr().err
     assert "device 'tpu9'" in err and "Traceback" not in err
+    AuditLog(tmp_path / "s").close()
     assert main(["audit", "report", "--state", str(tmp_path / "s"), "--html", "/nonexistent/dir/r.html"]) == 2
     err = capsys.readouterr().err
     assert "cannot write it" in err and "Traceback" not in err

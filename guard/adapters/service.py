@@ -161,7 +161,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
         path = _allowed(roots, _field(body, "path", str))
         entries = await _confined(on_file_slot, guard.take_down, path, _field(body, "notice", str),
                                   _field(body, "character", str, None), _field(body, "reason", str, None),
-                                  confine=roots)
+                                  confine=roots, operator=_field(body, "operator", str, None) or "service")
         return JSONResponse({"entries": [e.to_dict() for e in entries]})
 
     app.include_router(v1)

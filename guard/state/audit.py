@@ -13,7 +13,9 @@ extend one chain.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -41,6 +43,33 @@ CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 CREATE INDEX IF NOT EXISTS audit_account ON audit (account, action, time);
 """
 _COLUMNS = ("seq", "time", "surface", "subject", "account", "action", "verdict")
+KEY_VARIABLES = ("GUARD_AUDIT_KEY_FILE", "GUARD_AUDIT_KEY")
+#: Rows that record a measure rather than a verdict (`AuditLog.record_event`).
+EVENT_SURFACES = ("takedown", "notice", "review")
+
+
+def audit_key(key_file: str | os.PathLike | None = None) -> bytes | None:
+    """The chain's MAC key: ``key_file``, else ``$GUARD_AUDIT_KEY_FILE``, else ``$GUARD_AUDIT_KEY``.
+
+    Kept outside the state folder (a secret file, a secrets manager's variable): whoever can
+    rewrite the log but does not hold it cannot make rewritten rows verify.
+    """
+    named = key_file or os.environ.get("GUARD_AUDIT_KEY_FILE")
+    if named:
+        try:
+            key = Path(named).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"audit key file {named}: cannot read it ({exc.strerror or exc})") from None
+    else:
+        key = os.environ.get("GUARD_AUDIT_KEY", "").encode()
+    if named and len(key) < 16:
+        raise ConfigError(f"audit key file {named}: holds {len(key)} bytes; use at least 16 (e.g. "
+                          "python -c 'import secrets; print(secrets.token_hex(32))')")
+    return key or None
+
+
+def row_mac(key: bytes, row_hash_hex: str) -> str:
+    return hmac.new(key, row_hash_hex.encode(), hashlib.sha256).hexdigest()
 
 
 def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
@@ -62,39 +91,67 @@ class VerifyResult:
     rows: int
     bad_seq: int | None = None
     reason: str | None = None
+    keyed_rows: int = 0  # rows whose MAC was checked against the key
+    note: str | None = None
 
 
 class AuditLog:
     """Append-only verdict log of one state folder."""
 
-    def __init__(self, state_dir: str | Path):
+    def __init__(self, state_dir: str | Path, read_only: bool = False, key: bytes | None = None):
         folder = Path(state_dir)
         self.path = folder / "audit.sqlite"
+        self._lock = threading.Lock()
+        self.key = key if key is not None else (None if read_only else audit_key())
+        if read_only:
+            self._db = _open_read_only(folder, self.path)
+            return
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            if "mac" not in {r[1] for r in self._db.execute("PRAGMA table_info(audit)")}:
+                self._db.execute("ALTER TABLE audit ADD COLUMN mac TEXT")  # logs from before keys
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"state folder {folder}: cannot open the audit log ({exc})") from None
-        self._lock = threading.Lock()
 
     def record(self, verdict: Verdict, account: str | None = None) -> int:
         """Append one verdict; returns its sequence number."""
+        return self._append(verdict.surface.value, verdict.subject, account, verdict.action.value, verdict.to_json())
+
+    def record_event(self, kind: str, subject: str, operator: str | None, details: dict[str, Any]) -> int:
+        """Append a measure that is not a verdict (a takedown added or removed, a notice
+        enrolled): surface ``kind``'s family (`EVENT_SURFACES`), action ``kind``, the
+        operator in the account column. Returns its sequence number."""
+        surface = kind.split("_", 1)[0]
+        if surface not in EVENT_SURFACES:
+            raise ValueError(f"unknown event kind {kind!r}")
+        body = json.dumps({"event": kind, "action": kind, "surface": surface, "subject": subject,
+                           "operator": operator, "findings": [], **details}, ensure_ascii=False, sort_keys=True)
+        return self._append(surface, subject, operator, kind, body)
+
+    def events(self, since: str | None = None, until: str | None = None) -> Iterator[dict[str, Any]]:
+        """Event rows (`record_event`), their JSON decoded into ``details``."""
+        for row in self.rows(since, until):
+            if row["surface"] in EVENT_SURFACES:
+                yield {**row, "details": json.loads(row["verdict"])}
+
+    def _append(self, surface: str, subject: str, account: str | None, action: str, body: str) -> int:
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        body = verdict.to_json()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 last = self._db.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-                row = {"seq": seq, "time": now, "surface": verdict.surface.value, "subject": verdict.subject,
-                       "account": account, "action": verdict.action.value, "verdict": body}
+                row = {"seq": seq, "time": now, "surface": surface, "subject": subject,
+                       "account": account, "action": action, "verdict": body}
+                digest = row_hash(prev, row)
                 self._db.execute(
-                    "INSERT INTO audit (seq, time, surface, subject, account, action, verdict, prev_hash, row_hash)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*[row[c] for c in _COLUMNS], prev, row_hash(prev, row)))
+                    "INSERT INTO audit (seq, time, surface, subject, account, action, verdict, prev_hash, row_hash,"
+                    " mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*[row[c] for c in _COLUMNS], prev, digest, row_mac(self.key, digest) if self.key else None))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -102,7 +159,14 @@ class AuditLog:
         return seq
 
     def rows(self, since: str | None = None, until: str | None = None) -> Iterator[dict[str, Any]]:
-        query = "SELECT seq, time, surface, subject, account, action, verdict, prev_hash, row_hash FROM audit"
+        """Rows in order; ``since``/``until`` are instants as `guard.state.periods.stored` writes
+        them (other forms are normalised first), inclusive and exclusive."""
+        from guard.state.periods import period
+
+        since, until = period(since, until)
+        has_mac = "mac" in {r[1] for r in self._db.execute("PRAGMA table_info(audit)")}
+        query = ("SELECT seq, time, surface, subject, account, action, verdict, prev_hash, row_hash, "
+                 + ("mac" if has_mac else "NULL") + " FROM audit")
         clauses, params = [], []
         if since:
             clauses.append("time >= ?")
@@ -113,7 +177,7 @@ class AuditLog:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         for r in self._db.execute(query + " ORDER BY seq", params):
-            yield dict(zip((*_COLUMNS, "prev_hash", "row_hash"), r))
+            yield dict(zip((*_COLUMNS, "prev_hash", "row_hash", "mac"), r))
 
     def head(self) -> Anchor:
         """The newest row's sequence number and hash: kept outside the log (the daily report
@@ -121,15 +185,30 @@ class AuditLog:
         last = self._db.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return Anchor(*last) if last else Anchor(0, GENESIS)
 
-    def verify(self, anchors: Sequence[Anchor] = ()) -> VerifyResult:
+    def verify(self, anchors: Sequence[Anchor] = (), key: bytes | None = None) -> VerifyResult:
         """Walk the chain from the first row; report the first row that does not fit.
 
         ``anchors``: heads taken earlier (`head`); each must still be in the chain, unchanged.
+        ``key``: the MAC key (default: this log's). With it, recomputing hashes is not enough:
+        every row must carry its MAC, except rows written before the log was first keyed,
+        which can only come first; a log in which no row carries one does not verify.
         """
+        key = key if key is not None else self.key
         wanted = {a.seq: a.row_hash for a in anchors if a.seq > 0}
-        prev, expected_seq, count = GENESIS, 1, 0
+        prev, expected_seq, count, keyed, unkeyed = GENESIS, 1, 0, 0, 0
         for row in self.rows():
             count += 1
+            if key is not None:
+                if row["mac"] is None:
+                    if keyed:
+                        return VerifyResult(False, count, row["seq"], "its MAC is missing (rows after it carry one)",
+                                            keyed)
+                    unkeyed += 1
+                elif not hmac.compare_digest(row["mac"], row_mac(key, row["row_hash"])):
+                    return VerifyResult(False, count, row["seq"], "its MAC does not match: it was rewritten by "
+                                        "someone without the key, or the key is not this log's", keyed)
+                else:
+                    keyed += 1
             if row["seq"] != expected_seq:
                 return VerifyResult(False, count, row["seq"], f"row {expected_seq} is missing (next row is {row['seq']})")
             if row["prev_hash"] != prev:
@@ -147,11 +226,19 @@ class AuditLog:
                 return VerifyResult(False, count, row["seq"], "it is not the row an anchor recorded "
                                     "(rows up to it were replaced)")
             prev, expected_seq = row["row_hash"], expected_seq + 1
+        if key is not None and count and not keyed:
+            return VerifyResult(False, count, 1, "no row carries a MAC for this key: the log was not written "
+                                "with it, or its MACs were removed")
         if wanted:
             seq = min(wanted)
             return VerifyResult(False, count, seq, f"an anchor recorded row {seq}, but the log ends at row "
                                                    f"{expected_seq - 1} (its newest rows were removed)")
-        return VerifyResult(True, count)
+        note = None
+        if key is None and count and any(r["mac"] for r in self.rows()):
+            note = "rows carry MACs that were not checked: give the key (--key-file or GUARD_AUDIT_KEY_FILE)"
+        elif unkeyed:
+            note = f"rows 1-{unkeyed} were written before the log was keyed (chain-checked only)"
+        return VerifyResult(True, count, keyed_rows=keyed, note=note)
 
     def blocked_since(self, account: str, days: float) -> int:
         since = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="microseconds")
@@ -160,3 +247,22 @@ class AuditLog:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _open_read_only(folder: Path, path: Path) -> sqlite3.Connection:
+    """An existing log, never created, readable from a read-only (archived) copy too."""
+    if not folder.is_dir():
+        raise ConfigError(f"state folder {folder} does not exist (nothing was created); check --state")
+    if not path.is_file():
+        raise ConfigError(f"state folder {folder} holds no audit log ({path.name}); check --state")
+    error = None
+    # mode=ro still needs the WAL index beside the file; immutable=1 reads a copy that no
+    # one writes (an archive on read-only media) without it.
+    for flags in ("mode=ro", "immutable=1"):
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, check_same_thread=False)
+            db.execute("SELECT COUNT(*) FROM audit").fetchone()
+            return db
+        except sqlite3.Error as exc:
+            error = exc
+    raise ConfigError(f"{path}: cannot read the audit log ({error})")

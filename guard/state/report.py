@@ -14,7 +14,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from guard.state.audit import AuditLog
+from guard.state.audit import EVENT_SURFACES, AuditLog
+from guard.state.periods import instant, period, stored
 from guard.state.takedowns import TakedownList
 
 _REUPLOAD_SIGNALS = {"file_hash", "tensor_hash", "fingerprint", "pdq"}
@@ -22,11 +23,16 @@ _REUPLOAD_SIGNALS = {"file_hash", "tensor_hash", "fingerprint", "pdq"}
 
 def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: str | None = None,
                  until: str | None = None) -> dict[str, Any]:
+    since, until = period(since, until)
     by_surface, by_action, by_character, by_surface_action = Counter(), Counter(), Counter(), Counter()
     reupload_blocks, authorized = 0, 0
     versions: dict[tuple, dict[str, Any]] = {}
     total = 0
+    events = 0
     for row in audit.rows(since, until):
+        if row["surface"] in EVENT_SURFACES:
+            events += 1
+            continue
         total += 1
         verdict = json.loads(row["verdict"])
         by_surface[row["surface"]] += 1
@@ -44,8 +50,17 @@ def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: 
                                          "first_seen": row["time"], "verdicts": 0})
         span["last_seen"] = row["time"]
         span["verdicts"] += 1
-    taken_down = [t for t in (takedowns.entries() if takedowns else [])
-                  if (not since or t.created >= since) and (not until or t.created < until)]
+    history = takedown_history(audit, takedowns)
+    in_force = [h for h in history.values() if (not until or h["added"] < until)
+                and (h["removed"] is None or not since or h["removed"] >= since)]
+    added = [h for h in history.values() if (not since or h["added"] >= since) and (not until or h["added"] < until)]
+    changes = [{"time": e["time"], "seq": e["seq"], "event": e["action"], "operator": e["account"],
+                "takedown_id": e["details"].get("takedown_id"), "notice": e["details"].get("notice"),
+                "subject": e["subject"], "reason": e["details"].get("removal_reason") or e["details"].get("reason")}
+               for e in audit.events(since, until) if e["surface"] == "takedown"]
+    notices = [{"time": e["time"], "seq": e["seq"], "character": e["details"].get("character"),
+                "holder": e["details"].get("holder"), "references": e["details"].get("references"),
+                "operator": e["account"]} for e in audit.events(since, until) if e["action"] == "notice_add"]
     integrity = audit.verify()
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -56,8 +71,12 @@ def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: 
         "by_surface_and_action": dict(sorted(by_surface_action.items())),
         "by_character": dict(by_character.most_common()),
         "authorized_uses": authorized,
-        "takedowns": len(taken_down),
-        "takedown_notices": sorted({t.notice for t in taken_down}),
+        "takedowns": len(added),
+        "takedown_notices": sorted({h["notice"] for h in added}),
+        "takedowns_in_force": sorted(in_force, key=lambda h: h["added"]),
+        "takedown_changes": changes,
+        "notices_enrolled": notices,
+        "chain_events": events,
         "reupload_blocks": reupload_blocks,
         "versions_in_force": list(versions.values()),
         # The head is an anchor: kept with the report, it lets a later `guard audit verify
@@ -65,6 +84,43 @@ def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: 
         "audit_log": {"rows": integrity.rows, "chain_intact": integrity.ok, "first_bad_row": integrity.bad_seq,
                       "head": audit.head()._asdict()},
     }
+
+
+def takedown_history(audit: AuditLog, takedowns: TakedownList | None) -> dict[int, dict[str, Any]]:
+    """Every takedown the chain (and, for entries from before takedowns were chained, the
+    list) knows: when it was added and removed, by whom, why."""
+    history: dict[int, dict[str, Any]] = {}
+    for e in audit.events():
+        d = e["details"]
+        if e["surface"] != "takedown" or d.get("takedown_id") is None:
+            continue
+        if e["action"] == "takedown_add":
+            history[d["takedown_id"]] = {"takedown_id": d["takedown_id"], "notice": d.get("notice"),
+                                         "subject": e["subject"], "character": d.get("character"),
+                                         "reason": d.get("reason"), "added": e["time"], "added_by": e["account"],
+                                         "added_row": e["seq"], "removed": None, "removed_by": None,
+                                         "removal_reason": None, "removed_row": None}
+        elif e["action"] == "takedown_remove" and d["takedown_id"] in history:
+            history[d["takedown_id"]].update(removed=e["time"], removed_by=e["account"], removed_row=e["seq"],
+                                             removal_reason=d.get("removal_reason"))
+    for t in (takedowns.entries() if takedowns else []):
+        if t.id not in history:  # recorded before takedowns were rows of the chain
+            history[t.id] = {"takedown_id": t.id, "notice": t.notice, "subject": t.subject, "character": t.character,
+                             "reason": t.reason, "added": stored(instant(t.created, "takedown time")),
+                             "added_by": None, "added_row": None, "removed": None, "removed_by": None,
+                             "removal_reason": None, "removed_row": None, "not_in_chain": True}
+    return history
+
+
+def takedown_drift(audit: AuditLog, ids_on_list: set[int]) -> list[str]:
+    """Takedowns the chain says are in force but the list no longer holds: removed behind
+    the guard's back (the list must be derivable from the chain)."""
+    gone = []
+    for h in takedown_history(audit, None).values():
+        if h["removed"] is None and h["takedown_id"] not in ids_on_list:
+            gone.append(f"takedown {h['takedown_id']} (notice {h['notice']}, added at row {h['added_row']}) is not "
+                        "on the takedown list, and the chain records no removal")
+    return gone
 
 
 def _bars(title: str, counts: dict[str, int]) -> str:
@@ -91,9 +147,16 @@ def render_html(report: dict[str, Any]) -> str:
     integrity = report["audit_log"]
     chain = ("intact" if integrity["chain_intact"]
              else f"BROKEN at row {integrity['first_bad_row']} (run guard audit verify)")
+    head = integrity["head"]
+    takedown_rows = "".join(
+        f"<tr><td>{t['takedown_id']}</td><td>{html.escape(str(t['notice']))}</td><td>{html.escape(str(t['subject']))}</td>"
+        f"<td>{html.escape(str(t['character'] or '-'))}</td><td>{html.escape(t['added'])} ({html.escape(str(t['added_by'] or '-'))})</td>"
+        f"<td>{html.escape(t['removed'] or 'still in force')}"
+        + (f" ({html.escape(str(t['removed_by']))}: {html.escape(str(t['removal_reason'] or '-'))})" if t["removed"] else "")
+        + "</td></tr>" for t in report["takedowns_in_force"]) or "<tr><td colspan=6>none</td></tr>"
     versions = "".join(
-        f"<tr><td>{html.escape(str(v['guard']))}</td><td><code>{html.escape(str(v['bank'])[:16])}…</code></td>"
-        f"<td><code>{html.escape(str(v['policy'])[:16])}…</code></td><td>{html.escape(str(v['encoder']))}</td>"
+        f"<tr><td>{html.escape(str(v['guard']))}</td><td><code>{html.escape(str(v['bank']))}</code></td>"
+        f"<td><code>{html.escape(str(v['policy']))}</code></td><td>{html.escape(str(v['encoder']))}</td>"
         f"<td>{html.escape(v['first_seen'])}</td><td>{html.escape(v['last_seen'])}</td><td>{v['verdicts']}</td></tr>"
         for v in report["versions_in_force"])
     return f"""<!doctype html>
@@ -102,8 +165,10 @@ def render_html(report: dict[str, Any]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}.kpi{{display:inline-block;margin-right:2em}}
 .kpi b{{font-size:1.6em;display:block}}</style></head><body>
 <h1>Duty-of-care report</h1>
-<p>Period: {html.escape(span)} · generated {html.escape(report['generated'])} · audit chain: {html.escape(chain)}
- ({integrity['rows']} rows)</p>
+<p>Period: {html.escape(span)} (UTC) · generated {html.escape(report['generated'])} · audit chain:
+ {html.escape(chain)} ({integrity['rows']} rows)</p>
+<p>Chain head (keep it: <code>guard audit verify --anchor</code> with this report proves later that no row up to
+ it was changed or cut off): row {head['seq']}, <code>{html.escape(head['row_hash'])}</code></p>
 <div class="kpi"><b>{report['verdicts']}</b>items checked</div>
 <div class="kpi"><b>{report['by_action']['block']}</b>blocked</div>
 <div class="kpi"><b>{report['by_action']['flag']}</b>sent to review</div>
@@ -112,7 +177,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}.kpi{{display:inlin
 {_bars("Verdicts by action", report['by_action'])}
 {_bars("Verdicts by surface and action", report['by_surface_and_action'])}
 {_bars("Findings by character or rule", dict(list(report['by_character'].items())[:20]))}
+<h2>Takedowns in force during the period</h2>
+<table><tr><th>id</th><th>notice</th><th>subject</th><th>character</th><th>added (by)</th><th>removed (by, why)</th></tr>
+{takedown_rows}</table>
 <h2>Bank, policy and encoder in force</h2>
+<p>Digests are SHA-256: of the bank file's contents (<code>guard bank info</code>) and of the policy as loaded.</p>
 <table><tr><th>guard</th><th>bank</th><th>policy</th><th>encoder</th><th>first</th><th>last</th><th>verdicts</th></tr>
 {versions}</table>
 </body></html>

@@ -64,11 +64,19 @@ class Takedown:
                 "pdq": self.pdq.hex() if self.pdq else None, "created": self.created}
 
 
+def _event(entry: "Takedown") -> dict:
+    return {"takedown_id": entry.id, "notice": entry.notice, "character": entry.character, "reason": entry.reason,
+            "sha256": entry.sha256, "tensor_sha256": entry.tensor_sha256, "created": entry.created,
+            "kind": "image" if entry.pdq else "model_file"}
+
+
 class TakedownList:
     """The takedown list of one state folder."""
 
-    def __init__(self, state_dir: str | Path):
+    def __init__(self, state_dir: str | Path, audit=None):
         folder = Path(state_dir)
+        self.folder = folder
+        self._audit = audit
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(folder / "takedowns.sqlite", check_same_thread=False)
@@ -85,7 +93,8 @@ class TakedownList:
     def add(self, notice: str, *, character: str | None = None, reason: str | None = None,
             subject: str | None = None, sha256: str | None = None, tensor_sha256: str | None = None,
             fingerprint: Fingerprint | None = None, pdq: bytes | None = None,
-            pdq_quality: int | None = None) -> Takedown:
+            pdq_quality: int | None = None, operator: str | None = None) -> Takedown:
+        """Add an entry; the audit chain records it (``operator``: who did it)."""
         if not notice:
             raise ValueError("notice must name the takedown notice (e.g. its ticket id)")
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -97,13 +106,29 @@ class TakedownList:
                  fingerprint.to_bytes() if fingerprint else None, pdq, pdq_quality, created))
             self._cache = None
             row_id = cur.lastrowid
-        return next(t for t in self.entries() if t.id == row_id)
+        entry = next(t for t in self.entries() if t.id == row_id)
+        self.audit.record_event("takedown_add", entry.subject or notice, operator, _event(entry))
+        return entry
 
-    def remove(self, notice: str) -> int:
+    def remove(self, notice: str, operator: str | None = None, reason: str | None = None) -> int:
+        """Remove every entry of ``notice``; the audit chain records each (who, why)."""
+        gone = [t for t in self.entries() if t.notice == notice]
         with self._lock, self._db:
             count = self._db.execute("DELETE FROM takedowns WHERE notice = ?", (notice,)).rowcount
             self._cache = None
+        for entry in gone:
+            self.audit.record_event("takedown_remove", entry.subject or notice, operator,
+                                    {**_event(entry), "removal_reason": reason})
         return count
+
+    @property
+    def audit(self):
+        """The audit log of the same state folder, where every change of this list is a row."""
+        if self._audit is None:
+            from guard.state.audit import AuditLog
+
+            self._audit = AuditLog(self.folder)
+        return self._audit
 
     def entries(self) -> list[Takedown]:
         with self._lock:
@@ -122,3 +147,21 @@ class TakedownList:
 
     def close(self) -> None:
         self._db.close()
+
+
+def read_ids(state_dir: str | Path) -> set[int] | None:
+    """The ids on a state folder's takedown list, read without writing (an archived copy
+    works); ``None`` when the folder has no list."""
+    path = Path(state_dir) / "takedowns.sqlite"
+    if not path.is_file():
+        return None
+    for flags in ("mode=ro", "immutable=1"):
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
+            try:
+                return {r[0] for r in db.execute("SELECT id FROM takedowns")}
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+    raise ConfigError(f"{path}: cannot read the takedown list")

@@ -7,6 +7,7 @@ Exit status: 0 all allowed · 3 something flagged, nothing blocked · 4 somethin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from guard.extract.images import image_files
 from guard.adapters.scan import find_model_files, rescan, scan_files
 from guard.verdict import Action, Surface
 from guard.adapters.cli import output
-from guard.adapters.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, out
+from guard.adapters.cli.output import EXIT_FAILED, EXIT_OK, EXIT_TAMPERED, EXIT_USAGE, err, out
 
 log = logging.getLogger("guard")
 IMAGE_BATCH = 64
@@ -45,6 +46,9 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--device", help="cuda, cpu, ... (default: CUDA when available)")
     common.add_argument("--allow-download", action="store_true",
                         help="let a production encoder spec download its weights once")
+    common.add_argument("--operator", default=os.environ.get("GUARD_OPERATOR"),
+                        help="who runs this, for the audit chain's takedown and notice rows "
+                             "(env GUARD_OPERATOR; default: the login name)")
     common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return common
 
@@ -110,14 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_rescan)
 
     audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="cmd", required=True)
-    p = audit.add_parser("verify", parents=[common], help="check the audit log's hash chain")
+    p = audit.add_parser("verify", parents=[common], help="check the audit log's hash chain "
+                         "(exit 0 intact, 5 tampered, 2 usage; works on a read-only copy)")
     p.add_argument("--anchor", action="append", default=[], metavar="FILE",
                    help="a duty-of-care report (or a head printed by --json) saved earlier: the rows it "
                         "recorded must still be there, unchanged (repeatable)")
+    p.add_argument("--key-file", help="the chain's MAC key (env GUARD_AUDIT_KEY_FILE, or the key in GUARD_AUDIT_KEY): "
+                                      "rows rewritten without it do not verify")
     p.set_defaults(run=cmd_audit_verify)
     p = audit.add_parser("report", parents=[common], help="duty-of-care summary (JSON, and HTML with --html)")
-    p.add_argument("--since", help="ISO date/time (inclusive)")
-    p.add_argument("--until", help="ISO date/time (exclusive)")
+    p.add_argument("--since", help="start (inclusive): 2026-12-01, 2026-12-01T08:00+01:00 (no zone: UTC), "
+                                   "today, yesterday, or an age such as 7d / 12h")
+    p.add_argument("--until", help="end (exclusive), in the same forms")
     p.add_argument("--html", help="also write a self-contained HTML page here")
     p.add_argument("-o", "--output", help="write the JSON here instead of stdout")
     p.set_defaults(run=cmd_audit_report)
@@ -160,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_takedown_list)
     p = takedown.add_parser("remove", parents=[common], help="remove every entry of a notice")
     p.add_argument("--notice", required=True)
+    p.add_argument("--reason", help="why (kept in the audit chain with who and when)")
     p.set_defaults(run=cmd_takedown_remove)
 
     comfy = groups.add_parser("comfyui", help="guard a ComfyUI server").add_subparsers(dest="cmd", required=True)
@@ -346,7 +355,7 @@ def _takedowns(args):
 def cmd_takedown_add(args) -> int:
     guard = _guard(args)
     for item in args.items:
-        for entry in guard.take_down(item, args.notice, args.character, args.reason):
+        for entry in guard.take_down(item, args.notice, args.character, args.reason, operator=_operator(args)):
             if args.json:
                 print(json.dumps(entry.to_dict(), ensure_ascii=False))
                 continue
@@ -411,7 +420,7 @@ def cmd_notice_add(args) -> int:
             raise ConfigError(f"--name {item!r}: write it as LANG=NAME, e.g. en=Ultraman")
         names[lang] = name
     guard = _guard(args)
-    char = guard.enroll(args.character, args.refs, args.holder, args.accounts, names)
+    char = guard.enroll(args.character, args.refs, args.holder, args.accounts, names, operator=_operator(args))
     guard.bank.save(args.bank)
     return _report_bank(args, guard.bank, f"enrolled {char.id}: {len(char.references)} references, "
                                           f"holder {char.holder or '-'}")
@@ -437,15 +446,30 @@ def _state(args, what: str = "the audit log") -> str:
 def cmd_audit_verify(args) -> int:
     from guard.state import AuditLog
 
-    log = AuditLog(_state(args))
+    from guard.state.audit import audit_key
+
+    from guard.state.report import takedown_drift
+    from guard.state.takedowns import read_ids
+
+    state = _state(args)
+    log = AuditLog(state, read_only=True, key=audit_key(args.key_file))
     result = log.verify([_anchor(path) for path in args.anchor])
+    if result.ok:  # the takedown list must be what the chain says it is
+        ids = read_ids(state)
+        drift = takedown_drift(log, ids) if ids is not None else []
+        if drift:
+            result = dataclasses.replace(result, ok=False, bad_seq=None, reason="; ".join(drift))
     if args.json:
         print(json.dumps({**result.__dict__, "head": log.head()._asdict()}))
     elif result.ok:
-        out.print(f"audit log intact: {result.rows} rows, hash chain verified", highlight=False)
+        macs = f", {result.keyed_rows} MACs verified with the key" if result.keyed_rows else ""
+        out.print(f"audit log intact: {result.rows} rows, hash chain verified{macs}", highlight=False)
+        if result.note:
+            err.print(f"[yellow]note: {escape(result.note)}[/]", highlight=False)
     else:
-        err.print(f"[red]audit log BROKEN at row {result.bad_seq}: {result.reason}[/]", highlight=False)
-    return EXIT_OK if result.ok else EXIT_FAILED
+        where = f" at row {result.bad_seq}" if result.bad_seq else ""
+        err.print(f"[red]audit log BROKEN{where}: {escape(result.reason or '')}[/]", highlight=False)
+    return EXIT_OK if result.ok else EXIT_TAMPERED
 
 
 def _anchor(path: str):
@@ -463,8 +487,12 @@ def cmd_audit_report(args) -> int:
     from guard.state.report import build_report, render_html
     from guard.state import AuditLog, TakedownList
 
+    from guard.state.periods import period
+
     state = _state(args)
-    report = build_report(AuditLog(state), TakedownList(state), args.since, args.until)
+    since, until = period(args.since, args.until)  # a wrong period is a usage error, before any work
+    audit = AuditLog(state, read_only=True)
+    report = build_report(audit, TakedownList(state), since, until)
     text = json.dumps(report, ensure_ascii=False, indent=2)
     if args.output:
         try:
@@ -500,8 +528,19 @@ def cmd_takedown_list(args) -> int:
     return EXIT_OK
 
 
+def _operator(args) -> str:
+    if args.operator:
+        return args.operator
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return f"uid {os.getuid()}"
+
+
 def cmd_takedown_remove(args) -> int:
-    removed = _takedowns(args).remove(args.notice)
+    removed = _takedowns(args).remove(args.notice, operator=_operator(args), reason=args.reason)
     if removed == 0:
         raise ConfigError(f"no takedown entry has notice {args.notice!r}")
     out.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} of notice {args.notice}", highlight=False)

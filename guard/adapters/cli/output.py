@@ -14,6 +14,7 @@ from rich.table import Table
 from guard.verdict import Action, Measure, Verdict
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FLAGGED, EXIT_BLOCKED = 0, 1, 2, 3, 4
+EXIT_TAMPERED = 5  # guard audit verify: the chain does not verify
 PROGRESS_FROM = 8  # items; fewer finish before a bar would help
 _STYLE = {Action.ALLOW: "green", Action.FLAG: "yellow", Action.BLOCK: "bold red"}
 

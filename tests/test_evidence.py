@@ -1,0 +1,214 @@
+"""Evidence: every measure in one chain, a chain a rewriter without the key cannot make
+verify, periods that are instants, and `audit verify`'s exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from guard import Bank, Guard, Policy, Surface, Verdict
+from guard.adapters.cli import main
+from guard.state import AuditLog
+from guard.state.audit import GENESIS, row_hash
+from guard.state.report import build_report, render_html
+from guard.state.takedowns import TakedownList
+from guard.verdict import Action, Finding, Signal
+
+from . import model_files as mf
+
+KEY = "k" * 32
+
+
+def blocked(i: int) -> Verdict:
+    return Verdict(f"item-{i}", Surface.PROMPT, (Finding("ultraman", Signal.ALIAS, 1.0, None, Action.BLOCK, {}),),
+                   versions={"guard": "test"})
+
+
+@pytest.fixture()
+def key_file(tmp_path, monkeypatch):
+    path = tmp_path / "secrets" / "audit.key"
+    path.parent.mkdir()
+    path.write_text(KEY)
+    monkeypatch.setenv("GUARD_AUDIT_KEY_FILE", str(path))
+    return path
+
+
+def rewrite(state, seq: int, **changes) -> None:
+    """What an insider with write access but no key does: edit a row, recompute every hash."""
+    with sqlite3.connect(state / "audit.sqlite") as db:
+        rows = db.execute("SELECT seq, time, surface, subject, account, action, verdict FROM audit ORDER BY seq")
+        cols = ("seq", "time", "surface", "subject", "account", "action", "verdict")
+        prev = GENESIS
+        for values in rows.fetchall():
+            row = dict(zip(cols, values))
+            if row["seq"] == seq:
+                row.update(changes)
+                stored = json.loads(row["verdict"])
+                stored["action"] = row["action"]
+                row["verdict"] = json.dumps(stored)
+            digest = row_hash(prev, row)
+            db.execute("UPDATE audit SET action = ?, verdict = ?, prev_hash = ?, row_hash = ? WHERE seq = ?",
+                       (row["action"], row["verdict"], prev, digest, row["seq"]))
+            prev = digest
+
+
+def test_a_rewrite_with_recomputed_hashes_verifies_without_a_key_but_not_with_it(tmp_path, key_file, capsys):
+    log = AuditLog(tmp_path)
+    for i in range(10):
+        log.record(blocked(i))
+    log.close()
+    assert main(["audit", "verify", "--state", str(tmp_path)]) == 0
+    assert "10 MACs verified" in capsys.readouterr().out
+    rewrite(tmp_path, 5, action="allow")
+    assert main(["audit", "verify", "--state", str(tmp_path)]) == 5
+    said = capsys.readouterr().err
+    assert "row 5" in said and "MAC does not match" in said
+    # without the key, hashes alone cannot tell: that is why the key is kept elsewhere
+    assert AuditLog(tmp_path, read_only=True).verify(key=None).ok
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("UPDATE audit SET mac = NULL")  # strip every MAC as well
+    result = AuditLog(tmp_path, read_only=True).verify(key=KEY.encode())
+    assert not result.ok and "no row carries a MAC" in result.reason
+    assert main(["audit", "verify", "--state", str(tmp_path), "--key-file", str(key_file)]) == 5
+
+
+def test_rows_from_before_the_key_may_only_come_first(tmp_path, monkeypatch, key_file):
+    monkeypatch.delenv("GUARD_AUDIT_KEY_FILE")
+    old = AuditLog(tmp_path)
+    old.record(blocked(0))
+    old.close()
+    monkeypatch.setenv("GUARD_AUDIT_KEY_FILE", str(key_file))
+    keyed = AuditLog(tmp_path)
+    keyed.record(blocked(1))
+    keyed.record(blocked(2))
+    result = keyed.verify()
+    assert result.ok and result.keyed_rows == 2 and "rows 1-1" in result.note
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("UPDATE audit SET mac = NULL WHERE seq = 3")
+    assert not keyed.verify().ok and keyed.verify().bad_seq == 3
+
+
+def test_a_removed_takedown_stays_in_the_record_for_the_period_it_was_in_force(bank_file, encoder, tmp_path):
+    state = tmp_path / "state"
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder, state=state)
+    lora = mf.write(tmp_path / "hero.safetensors", mf.kohya_tensors(mf.lora_weights(3)), {"ss_output_name": "h"})
+    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    [entry] = guard.take_down(lora, "DMCA-200", character="ultraman", reason="notice of 1 Dec", operator="ts-lead")
+    assert guard.check_model_file(lora).action is Action.BLOCK
+    assert main(["takedown", "remove", "--notice", "DMCA-200", "--state", str(state), "--operator", "insider",
+                 "--reason", "covering tracks"]) == 0
+    events = [e for e in AuditLog(state).events() if e["surface"] == "takedown"]
+    assert [(e["action"], e["account"]) for e in events] == [("takedown_add", "ts-lead"), ("takedown_remove", "insider")]
+    assert events[1]["details"]["removal_reason"] == "covering tracks" and events[1]["details"]["takedown_id"] == entry.id
+    report = build_report(AuditLog(state), TakedownList(state), before.isoformat())
+    [in_force] = report["takedowns_in_force"]
+    assert (in_force["notice"], in_force["added_by"], in_force["removed_by"]) == ("DMCA-200", "ts-lead", "insider")
+    assert [c["event"] for c in report["takedown_changes"]] == ["takedown_add", "takedown_remove"]
+    assert report["verdicts"] == 1  # events are not verdicts
+    assert "DMCA-200" in render_html(report) and "covering tracks" in render_html(report)
+    assert main(["audit", "verify", "--state", str(state)]) == 0
+
+
+def test_a_takedown_deleted_behind_the_guards_back_fails_verification(bank_file, encoder, tmp_path, capsys):
+    state = tmp_path / "state"
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder, state=state)
+    lora = mf.write(tmp_path / "hero.safetensors", mf.kohya_tensors(mf.lora_weights(4)))
+    guard.take_down(lora, "DMCA-201", character="ultraman")
+    with sqlite3.connect(state / "takedowns.sqlite") as db:
+        db.execute("DELETE FROM takedowns")
+    assert main(["audit", "verify", "--state", str(state)]) == 5
+    assert "notice DMCA-201" in capsys.readouterr().err
+
+
+T0 = datetime(2026, 12, 2, 3, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture()
+def timed_log(tmp_path, monkeypatch):
+    """Rows at 03:00, 03:20, 03:40, 04:00 and 04:20 UTC on 2 Dec 2026, and a day before."""
+    return clocked_log(tmp_path, monkeypatch, [T0 - timedelta(days=1)] + [T0 + timedelta(minutes=20 * i)
+                                                                          for i in range(5)])
+
+
+def clocked_log(folder, monkeypatch, times) -> AuditLog:
+    """A log whose rows were written at ``times`` (its clock replaced while writing)."""
+    import guard.state.audit as audit_module
+
+    clock = iter(times)
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return next(clock)
+
+    monkeypatch.setattr(audit_module, "datetime", Clock)
+    log = AuditLog(folder)
+    for i in range(len(times)):
+        log.record(blocked(i))
+    monkeypatch.undo()
+    return log
+
+
+@pytest.mark.parametrize("since,until,count", [
+    ("2026-12-02T03:40Z", None, 3),
+    ("2026-12-02T04:40+01:00", None, 3),  # the same instant as 03:40Z
+    ("2026-12-02 03:40", None, 3),  # no zone: UTC
+    ("2026-12-02T03:39:59.999999+00:00", "2026-12-02T04:00Z", 1),
+    ("2026-12-02", None, 5),
+    ("2026-12-01", "2026-12-02", 1),
+    (None, "2026-12-02T03:20Z", 2),
+    ("2026-12-02T04:20+01:00", "2026-12-02T06:00+02:00", 2),
+])
+def test_periods_are_instants(timed_log, since, until, count):
+    assert build_report(timed_log, None, since, until)["verdicts"] == count
+
+
+def test_relative_and_named_periods(tmp_path, monkeypatch):
+    now = datetime.now(timezone.utc)
+    log = clocked_log(tmp_path, monkeypatch, [now - timedelta(days=10), now - timedelta(hours=1)])
+    counts = {p: build_report(log, None, p)["verdicts"] for p in ("30d", "7d", "2h", "30m", "today", "now")}
+    assert counts["30d"] == 2 and counts["7d"] == 1 and counts["2h"] == 1 and counts["30m"] == 0
+    assert counts["now"] == 0 and build_report(log, None, None, "now")["verdicts"] == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--since", "yesterdayish"], "not a time"),
+    (["--since", "2026-12-03", "--until", "2026-12-02"], "is after --until"),
+    (["--until", "32/13/2026"], "not a time"),
+])
+def test_a_bad_period_is_a_usage_error(timed_log, tmp_path, capsys, args, message):
+    assert main(["audit", "report", "--state", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_verify_never_creates_a_state_folder_and_reads_an_archived_copy(tmp_path, capsys):
+    missing = tmp_path / "MISTYPED"
+    assert main(["audit", "verify", "--state", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+    log = AuditLog(tmp_path / "live")
+    for i in range(3):
+        log.record(blocked(i))
+    log.close()
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(tmp_path / "live" / "audit.sqlite", archive / "audit.sqlite")
+    (archive / "audit.sqlite").chmod(0o444)
+    archive.chmod(0o555)
+    try:
+        assert main(["audit", "verify", "--state", str(archive)]) == 0
+        assert "3 rows" in capsys.readouterr().out
+    finally:
+        archive.chmod(0o755)
+
+
+def test_the_html_report_carries_the_chain_head_and_full_digests(bank_file, encoder, tmp_path):
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder, state=tmp_path)
+    guard.check_prompt("ultraman")
+    report = build_report(AuditLog(tmp_path), TakedownList(tmp_path))
+    page = render_html(report)
+    assert report["audit_log"]["head"]["row_hash"] in page
+    assert guard.versions["bank"] in page and guard.versions["policy"] in page
