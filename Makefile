@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,hashes,diffusers,server]'
+	$(BIN)/pip install -q -e '.[test,hashes,diffusers,server,evidence]'
 	touch $@
 
 # ComfyUI's own requirements (its torch lines excepted: the pinned torch stays).

@@ -251,7 +251,7 @@ def test_deleting_or_reordering_rows_is_detected(tmp_path):
         db.execute("DELETE FROM audit WHERE seq = 5")
     assert AuditLog(tmp_path).verify().bad_seq == 6
     with sqlite3.connect(tmp_path / "audit.sqlite") as db:
-        db.execute("INSERT INTO audit SELECT 5, time, surface, subject, account, action, verdict, prev_hash, row_hash, mac"
+        db.execute("INSERT INTO audit SELECT 5, time, surface, subject, account, action, verdict, prev_hash, row_hash, mac, format, content_digest, purged"
                    " FROM audit WHERE seq = 9")
     assert not AuditLog(tmp_path).verify().ok
 

@@ -3,6 +3,7 @@ verify, periods that are instants, and `audit verify`'s exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
@@ -13,7 +14,7 @@ import pytest
 from guard import Bank, Guard, Policy, Surface, Verdict
 from guard.adapters.cli import main
 from guard.state import AuditLog
-from guard.state.audit import GENESIS, row_hash
+from guard.state.audit import GENESIS, content_digest, row_hash
 from guard.state.report import build_report, render_html
 from guard.state.takedowns import TakedownList
 from guard.verdict import Action, Finding, Signal
@@ -40,19 +41,21 @@ def key_file(tmp_path, monkeypatch):
 def rewrite(state, seq: int, **changes) -> None:
     """What an insider with write access but no key does: edit a row, recompute every hash."""
     with sqlite3.connect(state / "audit.sqlite") as db:
-        rows = db.execute("SELECT seq, time, surface, subject, account, action, verdict FROM audit ORDER BY seq")
-        cols = ("seq", "time", "surface", "subject", "account", "action", "verdict")
+        cols = ("seq", "time", "surface", "subject", "account", "action", "verdict", "format")
+        rows = db.execute(f"SELECT {', '.join(cols)} FROM audit ORDER BY seq").fetchall()
         prev = GENESIS
-        for values in rows.fetchall():
+        for values in rows:
             row = dict(zip(cols, values))
             if row["seq"] == seq:
                 row.update(changes)
                 stored = json.loads(row["verdict"])
                 stored["action"] = row["action"]
                 row["verdict"] = json.dumps(stored)
+            row["content_digest"] = content_digest(row)
             digest = row_hash(prev, row)
-            db.execute("UPDATE audit SET action = ?, verdict = ?, prev_hash = ?, row_hash = ? WHERE seq = ?",
-                       (row["action"], row["verdict"], prev, digest, row["seq"]))
+            db.execute("UPDATE audit SET action = ?, verdict = ?, content_digest = ?, prev_hash = ?, row_hash = ?"
+                       " WHERE seq = ?", (row["action"], row["verdict"], row["content_digest"], prev, digest,
+                                          row["seq"]))
             prev = digest
 
 
@@ -134,22 +137,29 @@ def timed_log(tmp_path, monkeypatch):
                                                                           for i in range(5)])
 
 
-def clocked_log(folder, monkeypatch, times) -> AuditLog:
-    """A log whose rows were written at ``times`` (its clock replaced while writing)."""
+@contextlib.contextmanager
+def clock(monkeypatch, times):
+    """The audit log's clock gives ``times``, one per row written (then the real time)."""
     import guard.state.audit as audit_module
 
-    clock = iter(times)
+    given = iter(times)
 
     class Clock(datetime):
         @classmethod
         def now(cls, tz=None):
-            return next(clock)
+            return next(given, datetime.now(timezone.utc))
 
-    monkeypatch.setattr(audit_module, "datetime", Clock)
-    log = AuditLog(folder)
-    for i in range(len(times)):
-        log.record(blocked(i))
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(audit_module, "datetime", Clock)
+        yield
+
+
+def clocked_log(folder, monkeypatch, times) -> AuditLog:
+    """A log whose rows were written at ``times``."""
+    with clock(monkeypatch, times):
+        log = AuditLog(folder)
+        for i in range(len(times)):
+            log.record(blocked(i))
     return log
 
 
@@ -212,3 +222,86 @@ def test_the_html_report_carries_the_chain_head_and_full_digests(bank_file, enco
     page = render_html(report)
     assert report["audit_log"]["head"]["row_hash"] in page
     assert guard.versions["bank"] in page and guard.versions["policy"] in page
+
+
+def test_signed_heads_verify_with_the_public_key_alone(tmp_path, capsys):
+    log = AuditLog(tmp_path / "state")
+    for i in range(4):
+        log.record(blocked(i))
+    keys = tmp_path / "keys"
+    assert main(["audit", "keygen", str(keys)]) == 0
+    assert (keys / "audit-signing.key").stat().st_mode & 0o077 == 0
+    head = tmp_path / "head.json"
+    assert main(["audit", "sign", "--state", str(tmp_path / "state"), "--signing-key", str(keys / "audit-signing.key"),
+                 "-o", str(head)]) == 0
+    from guard.state.signing import check_signed_head
+
+    saved = json.loads(head.read_text())
+    check_signed_head(saved, keys / "audit-signing.pub")  # no log needed
+    verify = ["audit", "verify", "--state", str(tmp_path / "state"), "--anchor", str(head)]
+    assert main(verify) == 2 and "--public-key" in capsys.readouterr().err
+    assert main([*verify, "--public-key", str(keys / "audit-signing.pub")]) == 0
+    # a head re-signed by someone else's key, or edited, is not genuine
+    assert main(["audit", "keygen", str(tmp_path / "other")]) == 0
+    forged = tmp_path / "forged.json"
+    assert main(["audit", "sign", "--state", str(tmp_path / "state"), "--signing-key",
+                 str(tmp_path / "other" / "audit-signing.key"), "-o", str(forged)]) == 0
+    assert main(["audit", "verify", "--state", str(tmp_path / "state"), "--anchor", str(forged),
+                 "--public-key", str(keys / "audit-signing.pub")]) == 5
+    edited = dict(saved, seq=2)
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError):
+        check_signed_head(edited, keys / "audit-signing.pub")
+    # rows rewritten after signing: the signed head no longer matches the chain
+    rewrite(tmp_path / "state", 2, action="allow")
+    assert main([*verify, "--public-key", str(keys / "audit-signing.pub")]) == 5
+
+
+def test_retention_pseudonymises_prompts_and_accounts_and_the_chain_still_verifies(tmp_path, key_file, monkeypatch,
+                                                                                  capsys):
+    now = datetime.now(timezone.utc)
+    with clock(monkeypatch, [now - timedelta(days=40), now - timedelta(days=20), now - timedelta(hours=1)]):
+        log = AuditLog(tmp_path)
+        for i, text in enumerate(["ultraman by the sea", "ultraman in snow", "a fresh ultraman prompt"]):
+            log.record(Verdict(text, Surface.PROMPT, (Finding("ultraman", Signal.ALIAS, 1.0, None, Action.BLOCK,
+                                                              {"matched": text}),)), account=f"user-{i}")
+    before = build_report(log, None)
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[retention]\nprompt_days = 30\naccount_days = 10\n")
+    assert main(["audit", "purge", "--state", str(tmp_path), "--policy", str(policy)]) == 0
+    assert "pseudonymised 2 rows" in capsys.readouterr().out
+    rows = [r for r in AuditLog(tmp_path).rows() if r["surface"] == "prompt"]
+    assert rows[0]["subject"].startswith("pseudonym:") and "ultraman by the sea" not in rows[0]["verdict"]
+    assert rows[0]["account"].startswith("pseudonym:") and rows[1]["account"].startswith("pseudonym:")
+    assert rows[1]["subject"] == "ultraman in snow"  # 20 days old: prompts are kept 30
+    assert (rows[2]["subject"], rows[2]["account"]) == ("a fresh ultraman prompt", "user-2")
+    after = build_report(AuditLog(tmp_path), None)
+    assert (after["verdicts"], after["by_action"], after["by_surface"]) == \
+        (before["verdicts"], before["by_action"], before["by_surface"])
+    assert main(["audit", "verify", "--state", str(tmp_path)]) == 0
+    # a row marked as purged by a purge that did not name it is an edit in disguise
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("UPDATE audit SET subject = 'edited', purged = 4 WHERE seq = 3")
+    assert main(["audit", "verify", "--state", str(tmp_path)]) == 5
+    assert "row 3" in capsys.readouterr().err
+
+
+def test_a_log_from_before_content_commitments_still_verifies_and_grows(tmp_path):
+    """Rows written by an earlier version (hash over the whole row, no extra columns)."""
+    from guard.state.audit import _COLUMNS
+
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("CREATE TABLE audit (seq INTEGER PRIMARY KEY, time TEXT NOT NULL, surface TEXT NOT NULL, "
+                   "subject TEXT NOT NULL, account TEXT, action TEXT NOT NULL, verdict TEXT NOT NULL, "
+                   "prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL)")
+        prev = GENESIS
+        for seq in (1, 2):
+            row = {"seq": seq, "time": f"2026-11-0{seq}T00:00:00.000000+00:00", "surface": "prompt",
+                   "subject": f"old {seq}", "account": None, "action": "allow",
+                   "verdict": json.dumps({"action": "allow", "findings": []})}
+            digest = row_hash(prev, row)
+            db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*[row[c] for c in _COLUMNS], prev, digest))
+            prev = digest
+    log = AuditLog(tmp_path)
+    log.record(blocked(3))
+    assert log.verify().ok and log.verify().rows == 3

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from guard.errors import ConfigError
 from guard.policy.schema import LAYER_KEYS, build_section, check_signal_layers, table, unknown
-from guard.policy.settings import (DatasetSettings, GenerationSettings, ModelSettings, PdqSettings,
+from guard.policy.settings import (DatasetSettings, GenerationSettings, ModelSettings, PdqSettings, RetentionSettings,
                                    PolicySettings, SECTIONS, StrikesSettings, TextSettings)
 from guard.verdict import Action, Signal, Surface
 
@@ -80,6 +80,7 @@ class Policy:
         self.dataset: DatasetSettings = sections["dataset"]
         self.strikes: StrikesSettings = sections["strikes"]
         self.generation: GenerationSettings = sections["generation"]
+        self.retention: RetentionSettings = sections["retention"]
         _validate_tables(data, fail)
         self._data = json.loads(json.dumps(data))  # a plain, detached copy
         self.name, self.fail_mode, self.top_k = self.settings.name, self.settings.fail_mode, self.settings.top_k

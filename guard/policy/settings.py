@@ -86,5 +86,14 @@ class GenerationSettings:
 
 
 #: Section name -> its type, in the order the shipped file documents them.
+@dataclass(frozen=True)
+class RetentionSettings:
+    """``[retention]``: how long the audit log keeps personal data in the clear."""
+
+    prompt_days: float = setting(number(0.0))
+    account_days: float = setting(number(0.0))
+
+
 SECTIONS = {"policy": PolicySettings, "text": TextSettings, "model": ModelSettings, "pdq": PdqSettings,
-            "dataset": DatasetSettings, "strikes": StrikesSettings, "generation": GenerationSettings}
+            "dataset": DatasetSettings, "strikes": StrikesSettings, "generation": GenerationSettings,
+            "retention": RetentionSettings}

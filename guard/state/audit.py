@@ -45,7 +45,11 @@ CREATE INDEX IF NOT EXISTS audit_account ON audit (account, action, time);
 _COLUMNS = ("seq", "time", "surface", "subject", "account", "action", "verdict")
 KEY_VARIABLES = ("GUARD_AUDIT_KEY_FILE", "GUARD_AUDIT_KEY")
 #: Rows that record a measure rather than a verdict (`AuditLog.record_event`).
-EVENT_SURFACES = ("takedown", "notice", "review")
+EVENT_SURFACES = ("takedown", "notice", "review", "retention")
+_EXTRA = ("mac", "format", "content_digest", "purged")  # columns added after the first version
+#: Evidence that may quote what a user typed; removed from findings when prompts are purged.
+_KEPT_EVIDENCE = ("part", "notice", "takedown_id", "character", "signal", "layers_compared", "coverage",
+                  "agreement", "chance", "distance", "share", "images", "threshold")
 
 
 def audit_key(key_file: str | os.PathLike | None = None) -> bytes | None:
@@ -73,9 +77,25 @@ def row_mac(key: bytes, row_hash_hex: str) -> str:
 
 
 def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    """SHA-256 over the previous row's hash and this row's fields, canonically encoded."""
-    body = json.dumps([row[c] for c in _COLUMNS], ensure_ascii=False, separators=(",", ":"))
+    """SHA-256 over the previous row's hash and this row's fields, canonically encoded.
+
+    Rows of format 2 (from this version on) commit to their personal content through
+    ``content_digest`` (see `content_digest`) instead of holding it in the hash directly,
+    so that retention can pseudonymise it later while the chain still verifies; their
+    decision, surface and time stay in the hash itself.
+    """
+    if (row.get("format") or 1) >= 2:
+        body = json.dumps(["v2", row["seq"], row["time"], row["surface"], row["action"], row["content_digest"]],
+                          ensure_ascii=False, separators=(",", ":"))
+    else:
+        body = json.dumps([row[c] for c in _COLUMNS], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def content_digest(row: dict[str, Any]) -> str:
+    """SHA-256 of a row's subject, account and verdict (what retention may pseudonymise)."""
+    body = json.dumps([row["subject"], row["account"], row["verdict"]], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 class Anchor(NamedTuple):
@@ -112,8 +132,10 @@ class AuditLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            if "mac" not in {r[1] for r in self._db.execute("PRAGMA table_info(audit)")}:
-                self._db.execute("ALTER TABLE audit ADD COLUMN mac TEXT")  # logs from before keys
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(audit)")}
+            for column, kind in zip(_EXTRA, ("TEXT", "INTEGER", "TEXT", "INTEGER")):
+                if column not in have:  # a log from an earlier version
+                    self._db.execute(f"ALTER TABLE audit ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"state folder {folder}: cannot open the audit log ({exc})") from None
 
@@ -146,12 +168,14 @@ class AuditLog:
                 last = self._db.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
                 row = {"seq": seq, "time": now, "surface": surface, "subject": subject,
-                       "account": account, "action": action, "verdict": body}
+                       "account": account, "action": action, "verdict": body, "format": 2}
+                row["content_digest"] = content_digest(row)
                 digest = row_hash(prev, row)
                 self._db.execute(
                     "INSERT INTO audit (seq, time, surface, subject, account, action, verdict, prev_hash, row_hash,"
-                    " mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*[row[c] for c in _COLUMNS], prev, digest, row_mac(self.key, digest) if self.key else None))
+                    " mac, format, content_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*[row[c] for c in _COLUMNS], prev, digest, row_mac(self.key, digest) if self.key else None,
+                     2, row["content_digest"]))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -164,9 +188,9 @@ class AuditLog:
         from guard.state.periods import period
 
         since, until = period(since, until)
-        has_mac = "mac" in {r[1] for r in self._db.execute("PRAGMA table_info(audit)")}
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(audit)")}
         query = ("SELECT seq, time, surface, subject, account, action, verdict, prev_hash, row_hash, "
-                 + ("mac" if has_mac else "NULL") + " FROM audit")
+                 + ", ".join(c if c in have else "NULL" for c in _EXTRA) + " FROM audit")
         clauses, params = [], []
         if since:
             clauses.append("time >= ?")
@@ -177,7 +201,7 @@ class AuditLog:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         for r in self._db.execute(query + " ORDER BY seq", params):
-            yield dict(zip((*_COLUMNS, "prev_hash", "row_hash", "mac"), r))
+            yield dict(zip((*_COLUMNS, "prev_hash", "row_hash", *_EXTRA), r))
 
     def head(self) -> Anchor:
         """The newest row's sequence number and hash: kept outside the log (the daily report
@@ -196,6 +220,8 @@ class AuditLog:
         key = key if key is not None else self.key
         wanted = {a.seq: a.row_hash for a in anchors if a.seq > 0}
         prev, expected_seq, count, keyed, unkeyed = GENESIS, 1, 0, 0, 0
+        purges: dict[int, set[int]] = {}  # purge event row -> the rows it pseudonymised
+        purged: list[tuple[int, int]] = []  # (row, the purge it names)
         for row in self.rows():
             count += 1
             if key is not None:
@@ -216,6 +242,16 @@ class AuditLog:
                                     "(a row before it was deleted, inserted or reordered)")
             if row_hash(prev, row) != row["row_hash"]:
                 return VerifyResult(False, count, row["seq"], "its content was changed after it was written")
+            if (row["format"] or 1) >= 2:
+                if row["purged"] is not None:  # pseudonymised by retention: the purge must say so
+                    purged.append((row["seq"], row["purged"]))
+                elif content_digest(row) != row["content_digest"]:
+                    return VerifyResult(False, count, row["seq"], "its content was changed after it was written")
+            if row["action"] == "retention_purge":
+                try:
+                    purges[row["seq"]] = {s for a, b in json.loads(row["verdict"]).get("rows", []) for s in range(a, b + 1)}
+                except (ValueError, TypeError):
+                    return VerifyResult(False, count, row["seq"], "its purge record cannot be read")
             try:
                 stored = json.loads(row["verdict"])
             except json.JSONDecodeError:
@@ -226,6 +262,10 @@ class AuditLog:
                 return VerifyResult(False, count, row["seq"], "it is not the row an anchor recorded "
                                     "(rows up to it were replaced)")
             prev, expected_seq = row["row_hash"], expected_seq + 1
+        for seq, event in purged:
+            if seq not in purges.get(event, ()):
+                return VerifyResult(False, count, seq, f"it is marked as purged by row {event}, which purged no such "
+                                    "row (its content cannot be checked: marked to hide an edit?)", keyed)
         if key is not None and count and not keyed:
             return VerifyResult(False, count, 1, "no row carries a MAC for this key: the log was not written "
                                 "with it, or its MACs were removed")
@@ -239,6 +279,58 @@ class AuditLog:
         elif unkeyed:
             note = f"rows 1-{unkeyed} were written before the log was keyed (chain-checked only)"
         return VerifyResult(True, count, keyed_rows=keyed, note=note)
+
+    def purge(self, key: bytes, prompts_before: str | None, accounts_before: str | None,
+              operator: str | None = None) -> dict[str, int]:
+        """Pseudonymise prompt texts written before ``prompts_before`` and account ids before
+        ``accounts_before`` (instants as `guard.state.periods.stored` writes them) with a keyed
+        hash, recorded as a ``retention_purge`` row naming every row it changed. Decisions,
+        surfaces and times are untouched, so counts are too, and the chain still verifies.
+        Rows written before rows committed to their content (format 1) cannot be changed."""
+        if not key:
+            raise ConfigError("purging needs the audit key (GUARD_AUDIT_KEY_FILE): pseudonyms are keyed hashes")
+        changes: dict[int, dict[str, Any]] = {}
+        legacy = 0
+        for row in self.rows():
+            old_prompt = prompts_before and row["time"] < prompts_before and row["surface"] in ("prompt", "workflow")
+            old_account = accounts_before and row["time"] < accounts_before and row["account"] \
+                and not str(row["account"]).startswith("pseudonym:")
+            if not (old_prompt or old_account) or row["surface"] in EVENT_SURFACES:
+                continue
+            if (row["format"] or 1) < 2:
+                legacy += 1
+                continue
+            verdict = json.loads(row["verdict"])
+            subject, account = row["subject"], row["account"]
+            if old_prompt and not subject.startswith("pseudonym:"):
+                subject = _pseudonym(key, subject)
+                verdict["subject"] = subject
+                for finding in verdict.get("findings", []):
+                    finding["evidence"] = {k: v for k, v in (finding.get("evidence") or {}).items()
+                                           if k in _KEPT_EVIDENCE}
+                verdict.pop("steer", None)
+            if old_account:
+                account = _pseudonym(key, str(account))
+                if "account" in verdict:
+                    verdict["account"] = account
+            new_body = json.dumps(verdict, ensure_ascii=False)
+            if (subject, account, new_body) != (row["subject"], row["account"], row["verdict"]):
+                changes[row["seq"]] = {"subject": subject, "account": account, "verdict": new_body}
+        ranges = _ranges(sorted(changes))
+        event = self.record_event("retention_purge", f"{len(changes)} rows", operator,
+                                  {"prompts_before": prompts_before, "accounts_before": accounts_before,
+                                   "rows": ranges, "count": len(changes)})
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for seq, new in changes.items():
+                    self._db.execute("UPDATE audit SET subject = ?, account = ?, verdict = ?, purged = ? WHERE seq = ?",
+                                     (new["subject"], new["account"], new["verdict"], event, seq))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return {"pseudonymised": len(changes), "kept_legacy_rows": legacy, "purge_row": event}
 
     def blocked_since(self, account: str, days: float) -> int:
         since = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="microseconds")
@@ -266,3 +358,17 @@ def _open_read_only(folder: Path, path: Path) -> sqlite3.Connection:
         except sqlite3.Error as exc:
             error = exc
     raise ConfigError(f"{path}: cannot read the audit log ({error})")
+
+
+def _pseudonym(key: bytes, text: str) -> str:
+    return "pseudonym:" + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for seq in seqs:
+        if out and out[-1][1] == seq - 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out

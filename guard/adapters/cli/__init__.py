@@ -119,9 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor", action="append", default=[], metavar="FILE",
                    help="a duty-of-care report (or a head printed by --json) saved earlier: the rows it "
                         "recorded must still be there, unchanged (repeatable)")
+    p.add_argument("--public-key", help="the operator's Ed25519 public key: signed anchors (guard audit sign) "
+                                        "must verify with it")
     p.add_argument("--key-file", help="the chain's MAC key (env GUARD_AUDIT_KEY_FILE, or the key in GUARD_AUDIT_KEY): "
                                       "rows rewritten without it do not verify")
     p.set_defaults(run=cmd_audit_verify)
+    p = audit.add_parser("sign", parents=[common], help="sign the chain's head with an Ed25519 key (export it; "
+                         "run on a schedule)")
+    p.add_argument("--signing-key", required=True, help="private key (guard audit keygen)")
+    p.add_argument("-o", "--output", help="write the signed head here instead of stdout")
+    p.set_defaults(run=cmd_audit_sign)
+    p = audit.add_parser("purge", parents=[common], help="pseudonymise prompts and accounts past the policy's "
+                         "[retention] (run daily; needs the audit key)")
+    p.add_argument("--key-file", help="the audit key (env GUARD_AUDIT_KEY_FILE / GUARD_AUDIT_KEY)")
+    p.set_defaults(run=cmd_audit_purge)
+    p = audit.add_parser("keygen", parents=[common], help="make an Ed25519 key pair for signed heads")
+    p.add_argument("folder", help="where to write audit-signing.key (0600) and audit-signing.pub")
+    p.set_defaults(run=cmd_audit_keygen)
     p = audit.add_parser("report", parents=[common], help="duty-of-care summary (JSON, and HTML with --html)")
     p.add_argument("--since", help="start (inclusive): 2026-12-01, 2026-12-01T08:00+01:00 (no zone: UTC), "
                                    "today, yesterday, or an age such as 7d / 12h")
@@ -453,7 +467,21 @@ def cmd_audit_verify(args) -> int:
 
     state = _state(args)
     log = AuditLog(state, read_only=True, key=audit_key(args.key_file))
-    result = log.verify([_anchor(path) for path in args.anchor])
+    anchors, unsigned = [], []
+    for path in args.anchor:
+        anchor, saved = _anchor(path)
+        if "signature" in saved:
+            if not args.public_key:
+                raise ConfigError(f"--anchor {path} is signed: pass --public-key (the operator's) to check it")
+            from guard.state.signing import check_signed_head
+
+            try:
+                check_signed_head(saved, args.public_key)
+            except ValueError as exc:
+                err.print(f"[red]signed head {escape(path)} is not genuine: {escape(str(exc))}[/]", highlight=False)
+                return EXIT_TAMPERED
+        anchors.append(anchor)
+    result = log.verify(anchors)
     if result.ok:  # the takedown list must be what the chain says it is
         ids = read_ids(state)
         drift = takedown_drift(log, ids) if ids is not None else []
@@ -473,14 +501,66 @@ def cmd_audit_verify(args) -> int:
 
 
 def _anchor(path: str):
+    """``(Anchor, the head as saved)`` from a report, a ``--json`` head or a signed head."""
     from guard.state import Anchor
 
     try:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
         head = saved.get("audit_log", {}).get("head") or saved.get("head") or saved
-        return Anchor(int(head["seq"]), str(head["row_hash"]))
+        return Anchor(int(head["seq"]), str(head["row_hash"])), head
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
         raise ConfigError(f"--anchor {path}: not a report or head saved by guard ({exc})") from None
+
+
+def cmd_audit_sign(args) -> int:
+    from guard.state import AuditLog
+    from guard.state.signing import sign_head
+
+    head = sign_head(AuditLog(_state(args), read_only=True), args.signing_key)
+    text = json.dumps(head, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        err.print(f"signed row {head['seq']} ({head['rows']} rows): {args.output}", highlight=False)
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def cmd_audit_purge(args) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from guard.state import AuditLog
+    from guard.state.audit import audit_key
+    from guard.policy import Policy
+    from guard.state.periods import stored
+
+    retention = Policy.load(args.policy).retention
+    if not retention.prompt_days and not retention.account_days:
+        out.print("retention is off: the policy's [retention] prompt_days and account_days are 0", highlight=False)
+        return EXIT_OK
+    key = audit_key(args.key_file)
+    state = _state(args)
+    AuditLog(state, read_only=True).close()  # an existing log only: never created here
+    now = datetime.now(timezone.utc)
+
+    def before(days: float) -> str | None:
+        return stored(now - timedelta(days=days)) if days else None
+
+    done = AuditLog(state, key=key).purge(key, before(retention.prompt_days), before(retention.account_days),
+                                           _operator(args))
+    out.print(f"pseudonymised {done['pseudonymised']} rows (purge recorded at row {done['purge_row']})"
+              + (f"; {done['kept_legacy_rows']} rows from before content commitments cannot be changed"
+                 if done["kept_legacy_rows"] else ""), highlight=False)
+    return EXIT_OK
+
+
+def cmd_audit_keygen(args) -> int:
+    from guard.state.signing import generate_keypair
+
+    private, public = generate_keypair(args.folder)
+    out.print(f"wrote {private} (keep it secret, outside the state folder) and {public} (publish it)",
+              highlight=False)
+    return EXIT_OK
 
 
 def cmd_audit_report(args) -> int:
