@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -305,3 +306,26 @@ def test_a_log_from_before_content_commitments_still_verifies_and_grows(tmp_path
     log = AuditLog(tmp_path)
     log.record(blocked(3))
     assert log.verify().ok and log.verify().rows == 3
+
+
+def test_the_report_as_a_pdf_has_numbered_pages_with_every_section(bank_file, encoder, tmp_path):
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"WeasyPrint or Pango missing outside CI ({exc})")
+    from guard.state.report import render_pdf
+
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder, state=tmp_path / "state")
+    guard.check_prompt("ultraman")
+    report = build_report(guard.audit, guard.takedowns, operator="t&s lead", bank=guard.bank)
+    assert {c["character"] for c in report["characters_covered"]} == {c.id for c in guard.bank.characters}
+    assert any("no semantic meaning" in m for m in report["method"])  # the tiny encoder's scores meant nothing
+    pages = render_pdf(report, tmp_path / "report.pdf")
+    data = (tmp_path / "report.pdf").read_bytes()
+    assert data.startswith(b"%PDF") and pages >= 2
+    page = render_html(report)
+    for section in ("Method and limits", "Characters covered", "Takedowns in force", "Chain head", "t&amp;s lead",
+                    "counter(pages)"):
+        assert section in page

@@ -44,10 +44,16 @@ def test_bomb_is_refused_before_decoding(tmp_path):
     assert time.monotonic() - start < 1.0
 
 
-def test_truncated_jpeg_is_unreadable(drawing):
+@pytest.mark.parametrize("host_allows_truncated", [False, True])
+def test_truncated_jpeg_is_unreadable(drawing, monkeypatch, host_allows_truncated):
+    """Also when the host process told Pillow to pad truncated images (WeasyPrint does)."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", host_allows_truncated)
     data = encoded(drawing, "JPEG", quality=90)
     with pytest.raises(UnreadableImage, match="truncated"):
         open_rgb(data[: len(data) // 2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is host_allows_truncated  # the host's setting is left as it was
 
 
 @pytest.mark.parametrize("data, reason", [

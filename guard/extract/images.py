@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -104,7 +105,7 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
                     f"image is {width}x{height} = {width * height} pixels, more than the "
                     f"{max_pixels} pixel limit (possible decompression bomb)"
                 )
-            img.load()
+            _load_strictly(img)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -115,6 +116,24 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
         # PIL reports truncation as OSError("image file is truncated ...").
         raise UnreadableImage(f"corrupt or truncated image: {exc}") from None
     return _to_rgb(img)
+
+
+_STRICT = threading.Lock()
+
+
+def _load_strictly(img: Image.Image) -> None:
+    """Decode, refusing truncated data even when something in the host process set Pillow's
+    global ``ImageFile.LOAD_TRUNCATED_IMAGES`` (WeasyPrint does at import): a truncated
+    upload would otherwise be padded with grey and checked as if it were the image."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        img.load()
+        return
+    with _STRICT:
+        previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            img.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -21,8 +21,22 @@ from guard.state.takedowns import TakedownList
 _REUPLOAD_SIGNALS = {"file_hash", "tensor_hash", "fingerprint", "pdq"}
 
 
+METHOD = ("Every item was checked before it was used or published: prompts by names, aliases and "
+          "descriptions (normalised across scripts and spellings) and, where the policy asks, by CLIP text "
+          "similarity; images by CLIP image similarity to the rights holders' reference images and by perceptual "
+          "hash against taken-down images; model files by their training metadata, hashes and LoRA weight "
+          "fingerprints against taken-down files, and by a scan of pickle code before anything was loaded. "
+          "Thresholds and actions are those of the policy whose digest is listed; each verdict in the log "
+          "names the rule, the score and the threshold that decided it. Limits: similarity is evidence, not "
+          "proof; characters not in the bank are not recognised; the tool does not judge fair use or licences "
+          "beyond the accounts the bank authorises.")
+NOT_MEANINGFUL = ("In part of this period the guard ran with an encoder that has no semantic meaning (the tiny "
+                  "test encoder): its CLIP scores meant nothing, and only names, hashes, fingerprints and "
+                  "metadata were evidence.")
+
+
 def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: str | None = None,
-                 until: str | None = None) -> dict[str, Any]:
+                 until: str | None = None, operator: str | None = None, bank=None) -> dict[str, Any]:
     since, until = period(since, until)
     by_surface, by_action, by_character, by_surface_action = Counter(), Counter(), Counter(), Counter()
     reupload_blocks, authorized = 0, 0
@@ -62,8 +76,17 @@ def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: 
                 "holder": e["details"].get("holder"), "references": e["details"].get("references"),
                 "operator": e["account"]} for e in audit.events(since, until) if e["action"] == "notice_add"]
     integrity = audit.verify()
+    method = [METHOD]
+    if any("no semantic meaning" in str(v.get("encoder")) for v in versions.values()):
+        method.append(NOT_MEANINGFUL)
+    covered = [{"character": c.id, "holder": c.holder or None, "references": len(c.references),
+                "authorized_accounts": len(c.authorized_accounts)} for c in bank.characters] if bank else None
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_by": operator,
+        "method": method,
+        "characters_covered": covered,
+        "human_review": "no review decisions are recorded in this log (no review console is in use)",
         "period": {"since": since, "until": until},
         "verdicts": total,
         "by_surface": dict(by_surface.most_common()),
@@ -84,6 +107,25 @@ def build_report(audit: AuditLog, takedowns: TakedownList | None = None, since: 
         "audit_log": {"rows": integrity.rows, "chain_intact": integrity.ok, "first_bad_row": integrity.bad_seq,
                       "head": audit.head()._asdict()},
     }
+
+
+def render_pdf(report: dict[str, Any], path) -> int:
+    """The HTML report laid out for print (A4, numbered pages) as a PDF; returns its pages."""
+    from PIL import ImageFile
+
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        import weasyprint  # sets Pillow's LOAD_TRUNCATED_IMAGES for the whole process: undone below
+    except (ImportError, OSError) as exc:  # OSError: the Pango libraries are missing
+        from guard.errors import ConfigError
+
+        raise ConfigError(f"PDF reports need WeasyPrint and Pango: pip install 'diffusion-guard[evidence]' "
+                          f"(and the libpango-1.0-0 package) ({exc})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    document = weasyprint.HTML(string=render_html(report)).render()
+    document.write_pdf(path)
+    return len(document.pages)
 
 
 def takedown_history(audit: AuditLog, takedowns: TakedownList | None) -> dict[int, dict[str, Any]]:
@@ -148,6 +190,13 @@ def render_html(report: dict[str, Any]) -> str:
     chain = ("intact" if integrity["chain_intact"]
              else f"BROKEN at row {integrity['first_bad_row']} (run guard audit verify)")
     head = integrity["head"]
+    covered = ""
+    if report.get("characters_covered"):
+        covered = ("<h2>Characters covered</h2><table><tr><th>character</th><th>rights holder</th><th>references</th>"
+                   "<th>authorized accounts</th></tr>" + "".join(
+                       f"<tr><td>{html.escape(c['character'])}</td><td>{html.escape(str(c['holder'] or '-'))}</td>"
+                       f"<td>{c['references']}</td><td>{c['authorized_accounts']}</td></tr>"
+                       for c in report["characters_covered"]) + "</table>")
     takedown_rows = "".join(
         f"<tr><td>{t['takedown_id']}</td><td>{html.escape(str(t['notice']))}</td><td>{html.escape(str(t['subject']))}</td>"
         f"<td>{html.escape(str(t['character'] or '-'))}</td><td>{html.escape(t['added'])} ({html.escape(str(t['added_by'] or '-'))})</td>"
@@ -155,17 +204,26 @@ def render_html(report: dict[str, Any]) -> str:
         + (f" ({html.escape(str(t['removed_by']))}: {html.escape(str(t['removal_reason'] or '-'))})" if t["removed"] else "")
         + "</td></tr>" for t in report["takedowns_in_force"]) or "<tr><td colspan=6>none</td></tr>"
     versions = "".join(
-        f"<tr><td>{html.escape(str(v['guard']))}</td><td><code>{html.escape(str(v['bank']))}</code></td>"
-        f"<td><code>{html.escape(str(v['policy']))}</code></td><td>{html.escape(str(v['encoder']))}</td>"
-        f"<td>{html.escape(v['first_seen'])}</td><td>{html.escape(v['last_seen'])}</td><td>{v['verdicts']}</td></tr>"
-        for v in report["versions_in_force"])
+        "<table class=kv>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in (
+            ("guard", html.escape(str(v["guard"]))), ("bank", f"<code>{html.escape(str(v['bank']))}</code>"),
+            ("policy", f"<code>{html.escape(str(v['policy']))}</code>"), ("encoder", html.escape(str(v["encoder"]))),
+            ("in force", f"{html.escape(v['first_seen'])} to {html.escape(v['last_seen'])}"),
+            ("verdicts", str(v["verdicts"])))) + "</table>"
+        for v in report["versions_in_force"]) or "<p>none</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>diffusion-guard duty-of-care report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:960px}}table{{border-collapse:collapse}}
+<style>@page{{size:A4;margin:18mm 15mm 20mm;@bottom-center{{content:"diffusion-guard duty-of-care report · page "
+counter(page) " of " counter(pages);font-size:9pt;color:#555}}}}
+@media print{{body{{margin:0;max-width:none}}h2{{break-after:avoid}}table,svg{{break-inside:avoid}}}}
+code{{word-break:break-all}}
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:960px}}
+table{{border-collapse:collapse;width:100%;table-layout:fixed;margin-bottom:1em}}td,th{{overflow-wrap:anywhere}}
+table.kv th{{width:7em;text-align:left}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}.kpi{{display:inline-block;margin-right:2em}}
 .kpi b{{font-size:1.6em;display:block}}</style></head><body>
 <h1>Duty-of-care report</h1>
-<p>Period: {html.escape(span)} (UTC) · generated {html.escape(report['generated'])} · audit chain:
+<p>Period: {html.escape(span)} (UTC) · generated {html.escape(report['generated'])}
+ by {html.escape(str(report.get('generated_by') or 'unknown'))} · audit chain:
  {html.escape(chain)} ({integrity['rows']} rows)</p>
 <p>Chain head (keep it: <code>guard audit verify --anchor</code> with this report proves later that no row up to
  it was changed or cut off): row {head['seq']}, <code>{html.escape(head['row_hash'])}</code></p>
@@ -180,9 +238,12 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}.kpi{{display:inlin
 <h2>Takedowns in force during the period</h2>
 <table><tr><th>id</th><th>notice</th><th>subject</th><th>character</th><th>added (by)</th><th>removed (by, why)</th></tr>
 {takedown_rows}</table>
+<h2>Method and limits</h2>
+{"".join(f"<p>{html.escape(p)}</p>" for p in report.get("method", []))}
+<p>{html.escape(report.get("human_review", ""))}</p>
+{covered}
 <h2>Bank, policy and encoder in force</h2>
 <p>Digests are SHA-256: of the bank file's contents (<code>guard bank info</code>) and of the policy as loaded.</p>
-<table><tr><th>guard</th><th>bank</th><th>policy</th><th>encoder</th><th>first</th><th>last</th><th>verdicts</th></tr>
-{versions}</table>
+{versions}
 </body></html>
 """

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "today, yesterday, or an age such as 7d / 12h")
     p.add_argument("--until", help="end (exclusive), in the same forms")
     p.add_argument("--html", help="also write a self-contained HTML page here")
+    p.add_argument("--pdf", help="also write it as a PDF (A4, numbered pages; the evidence extra)")
     p.add_argument("-o", "--output", help="write the JSON here instead of stdout")
     p.set_defaults(run=cmd_audit_report)
     p = groups.add_parser("scan", parents=[common], help="gate model files (LoRA, Checkpoint, embeddings)")
@@ -572,7 +573,12 @@ def cmd_audit_report(args) -> int:
     state = _state(args)
     since, until = period(args.since, args.until)  # a wrong period is a usage error, before any work
     audit = AuditLog(state, read_only=True)
-    report = build_report(audit, TakedownList(state), since, until)
+    bank = None
+    if args.bank:
+        from guard.bank import Bank
+
+        bank = Bank.load(args.bank)
+    report = build_report(audit, TakedownList(state), since, until, operator=_operator(args), bank=bank)
     text = json.dumps(report, ensure_ascii=False, indent=2)
     if args.output:
         try:
@@ -587,6 +593,11 @@ def cmd_audit_report(args) -> int:
         except OSError as exc:
             raise ConfigError(f"--html {args.html}: cannot write it ({exc.strerror or exc})") from None
         err.print(f"wrote {args.html}", highlight=False)
+    if args.pdf:
+        from guard.state.report import render_pdf
+
+        pages = render_pdf(report, args.pdf)
+        err.print(f"wrote {args.pdf} ({pages} pages)", highlight=False)
     return EXIT_OK
 
 
