@@ -15,7 +15,7 @@ step "Build the bank from examples/demo_refs" \
 step "Check uploaded images (exit 4: something is blocked)" \
   guard check image examples/demo_uploads --surface cover_image
 step "The rights holder's own account may use its character" \
-  guard check image examples/demo_refs/ultraman/pose0.png --account tsuburaya-official
+  guard check image examples/demo_refs/ultraman/pose0.png --surface cover_image --account tsuburaya-official
 step "Prompts: a name in another script is still a name" \
   guard check prompt "奥特曼 fighting a kaiju in Tokyo"
 step "A character's name in the negative prompt is a mitigation, not an attempt" \

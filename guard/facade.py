@@ -141,7 +141,9 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
         spec = encoder or os.environ.get("GUARD_ENCODER")
         if spec and spec != loaded.encoder:
             loaded.require_encoder(encoder_name(spec))  # fails before any model is loaded
-        guard = cls(loaded, Policy.load(policy), None, state)
+        rules = Policy.load(policy)
+        rules.check_characters(loaded)
+        guard = cls(loaded, rules, None, state)
         guard._encoder_options = {"spec": spec or loaded.encoder, **encoder_options}
         return guard
 

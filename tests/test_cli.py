@@ -30,19 +30,19 @@ def jsonl(text):
 
 
 def test_reference_image_blocks_and_unrelated_passes(cli_bank, capsys):
-    code, out, _ = run(capsys, "check", "image", DEMO_REFS / "ultraman" / "pose0.png",
+    code, out, _ = run(capsys, "check", "image", "--surface", "generated_image", DEMO_REFS / "ultraman" / "pose0.png",
                        "--bank", cli_bank, "--encoder", "tiny-test", "--json")
     [v] = jsonl(out)
     assert code == 4 and v["action"] == "block"
     assert v["findings"][0]["signal"] == "clip_image" and v["findings"][0]["subject"] == "ultraman"
     assert abs(v["findings"][0]["score"] - 1.0) < 2e-3
-    code, out, _ = run(capsys, "check", "image", DEMO_UPLOADS / "unrelated_1.png",
+    code, out, _ = run(capsys, "check", "image", "--surface", "generated_image", DEMO_UPLOADS / "unrelated_1.png",
                        "--bank", cli_bank, "--encoder", "tiny-test", "--json")
     assert code == 0 and jsonl(out)[0]["action"] == "allow"
 
 
 def test_folder_scan_prints_a_table_and_exits_4(cli_bank, capsys):
-    code, out, err = run(capsys, "check", "image", DEMO_UPLOADS, "--bank", cli_bank)
+    code, out, err = run(capsys, "check", "image", "--surface", "generated_image", DEMO_UPLOADS, "--bank", cli_bank)
     assert code == 4
     assert "block" in out and "allow" in out
     # Files are named within their folder (in the title), so a narrow table never folds a name.
@@ -54,7 +54,7 @@ def test_folder_scan_prints_a_table_and_exits_4(cli_bank, capsys):
 def test_flag_exit_code_is_3(cli_bank, capsys, tmp_path):
     policy = tmp_path / "review.toml"
     policy.write_text('[encoders."tiny-test".signals.clip_image]\nflag = 0.6\nblock = 1.0\n')
-    code, out, _ = run(capsys, "check", "image", DEMO_UPLOADS / "new_pose_of_mario.png", "--bank", cli_bank,
+    code, out, _ = run(capsys, "check", "image", "--surface", "generated_image", DEMO_UPLOADS / "new_pose_of_mario.png", "--bank", cli_bank,
                        "--policy", policy, "--json")
     assert code == 3 and jsonl(out)[0]["action"] == "flag"
 
@@ -69,7 +69,7 @@ def test_prompt_command(cli_bank, capsys):
 
 
 def test_wrong_encoder_is_a_clear_error(cli_bank, capsys):
-    code, out, err = run(capsys, "check", "image", DEMO_REFS / "mario" / "pose0.png", "--bank", cli_bank,
+    code, out, err = run(capsys, "check", "image", "--surface", "generated_image", DEMO_REFS / "mario" / "pose0.png", "--bank", cli_bank,
                          "--encoder", "ViT-B-32/laion2b_s34b_b79k")
     assert code == 2 and out == ""
     assert "built with encoder 'tiny-test'" in err and "Traceback" not in err
@@ -108,7 +108,7 @@ def test_console_script_end_to_end(cli_bank):
     """The installed ``guard`` entry point, as a user runs it: JSONL, exit 4, no traceback."""
     env = {**os.environ, "GUARD_BANK": str(cli_bank)}
     proc = subprocess.run(
-        [sys.executable, "-m", "guard.adapters.cli", "check", "image", str(DEMO_UPLOADS), "--json"],
+        [sys.executable, "-m", "guard.adapters.cli", "check", "image", "--surface", "generated_image", str(DEMO_UPLOADS), "--json"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 4, proc.stderr
     verdicts = jsonl(proc.stdout)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import json
 import socket
 import subprocess
@@ -212,10 +214,12 @@ def test_bundles_cannot_reach_outside_the_allowed_folders(served, tmp_path):
 
 
 def test_path_routes_answer_4xx_for_the_callers_mistakes(served):
-    service, _, allowed = served
-    for route in ("/v1/dataset/path", "/v1/publication/path", "/v1/takedown/path"):
+    service, guard, allowed = served
+    rows = len(list(guard.audit.rows()))
+    for route in ("/v1/model/path", "/v1/dataset/path", "/v1/publication/path", "/v1/takedown/path"):
         status, answer, _ = service.call(route, {"path": str(allowed / "nope"), "notice": "N-1"})
-        assert status == 400 and "nope" in answer["detail"], (route, answer)
+        assert status == 404 and "nope" in answer["detail"] and "does not exist" in answer["detail"], (route, answer)
+    assert len(list(guard.audit.rows())) == rows  # a typo is not recorded as blocked content
     lora = mf.write(allowed / "hero.safetensors", mf.kohya_tensors(mf.lora_weights(1)))
     status, answer, _ = service.call("/v1/model/path", {"path": str(lora), "metadata_only": "false"})
     assert status == 400 and "metadata_only" in answer["detail"]
@@ -358,3 +362,61 @@ def test_a_takedown_added_by_another_process_is_honoured_at_once(served, bank_fi
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert service.call("/v1/model/path", {"path": str(lora)})[1]["action"] == "allow"
+
+
+def test_the_openapi_schema_validates_and_declares_bodies_bearer_and_verdicts(bank_file, encoder, tmp_path):
+    from openapi_spec_validator import validate
+
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder)
+    service = Service(create_app(guard, token="t" * 32))
+    try:
+        status, spec, _ = service.call("/openapi.json")
+    finally:
+        service.stop()
+    assert status == 200
+    validate(spec)  # raises on an invalid OpenAPI document
+    paths = spec["paths"]
+    body = paths["/v1/prompt"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PromptRequest"}
+    assert "text" in spec["components"]["schemas"]["PromptRequest"]["required"]
+    assert "application/octet-stream" in paths["/v1/model"]["post"]["requestBody"]["content"]
+    ok = paths["/v1/prompt"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/VerdictModel"}
+    assert {"404", "401", "413"} <= set(paths["/v1/model/path"]["post"]["responses"])
+    [scheme] = spec["components"]["securitySchemes"].values()
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    assert all(op.get("security") for route, ops in paths.items() if route.startswith("/v1") for op in ops.values())
+    assert "security" not in paths["/healthz"]["get"]
+    assert not [r for ops in paths.values() for op in ops.values() for r in op["responses"] if r == "422"]
+
+
+def test_a_query_parameter_of_the_wrong_type_answers_400(served):
+    service, guard, _ = served
+    rows = len(list(guard.audit.rows()))
+    status, answer, _ = service.call("/v1/model", b"x", metadata_only="maybe")
+    assert status == 400 and "metadata_only" in answer["detail"]
+    assert len(list(guard.audit.rows())) == rows
+
+
+def test_the_docs_render_offline_in_a_real_browser(bank_file, encoder, tmp_path):
+    """Swagger UI from the package's own files: chromium, with every other host unreachable,
+    renders the operations (a CDN page would stay blank)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium): the docs test runs in CI")
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder)
+    service = Service(create_app(guard))
+    try:
+        pages = {}
+        for page in ("/docs", "/redoc"):
+            done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" +
+                                   str(tmp_path / "profile"), "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                                   "--virtual-time-budget=15000", "--dump-dom", service.url + page],
+                                  capture_output=True, text=True, timeout=120)
+            pages[page] = done.stdout
+    finally:
+        service.stop()
+    assert "opblock-summary-path" in pages["/docs"] and "/v1/prompt" in pages["/docs"], pages["/docs"][-2000:]
+    assert "api-content" in pages["/redoc"] and "/v1/model/path" in pages["/redoc"], pages["/redoc"][-2000:]

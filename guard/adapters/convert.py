@@ -46,8 +46,24 @@ def convert_to_safetensors(guard, source: str | os.PathLike, target: str | os.Pa
                 "source_sha256": verdict.facts.get("sha256", "")}
     tmp = Path(f"{target}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600 whatever the umask; a model file is not a secret
     tmp.replace(target)
     return verdict
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would change it for every
+    thread meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)  # no /proc: the only other way
+    os.umask(current)
+    return current
 
 
 def _tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -189,9 +189,11 @@ def _kind(path: Path) -> str:
     return "image" if is_image(path) else ""
 
 
-def rescan(guard: Guard, catalog: str | os.PathLike) -> Iterator[Verdict]:
-    """Re-check an existing catalog against the current bank and takedown list."""
-    items = catalog_items(catalog)
+def rescan(guard: Guard, catalog: str | os.PathLike,
+           items: Sequence[tuple[str, str, str]] | None = None) -> Iterator[Verdict]:
+    """Re-check an existing catalog against the current bank and takedown list (``items``:
+    `catalog_items` already read)."""
+    items = catalog_items(catalog) if items is None else items
     images = [(path, ident) for kind, path, ident in items if kind == "image"]
     for start in range(0, len(images), 64):
         chunk = images[start:start + 64]

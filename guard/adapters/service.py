@@ -4,8 +4,9 @@
     guard serve --bank BANK --state STATE [--port 8080] [--allow-path /srv/uploads]
 
 Every route calls the one `Guard` and answers with the verdict contract's JSON (DESIGN.md).
-The HTTP status says whether the *request* worked (200; 400 a bad request; 403 a path the
-service may not read; 413 too large), never what was decided: read ``action`` (also in the
+The HTTP status says whether the *request* worked (200; 400 a bad request, a bad query
+parameter included; 401 no or a wrong token; 403 a path the service may not read; 404 a path
+below an allowed folder that does not exist; 413 too large), never what was decided: read ``action`` (also in the
 ``X-Guard-Action`` header). Routes:
 
 - ``GET /healthz``: the versions every verdict is stamped with;
@@ -20,7 +21,9 @@ service may not read; 413 too large), never what was decided: read ``action`` (a
   model file, image or publication on the takedown list (needs a state folder).
 
 With a token (``--token-file`` or ``GUARD_TOKEN``), every ``/v1`` route wants
-``Authorization: Bearer <token>``; ``/healthz`` stays open for load balancers.
+``Authorization: Bearer <token>``; ``/healthz`` stays open for load balancers. ``/docs``
+(Swagger UI) and ``/redoc`` are served from the package's own files (no CDN), from the
+OpenAPI schema at ``/openapi.json``.
 
 Checks run on worker threads, so one slow model file does not hold up prompts. File checks
 (models, datasets, publications, takedowns) share a few slots, as many as a catalog scan
@@ -41,11 +44,16 @@ from typing import Any, Sequence
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 
 from guard.errors import ConfigError, PathNotAllowed
 from guard.facade import Guard
 from guard.adapters.scan import default_workers
+from guard.adapters import service_schema as schema
+from guard.adapters.service_schema import ERRORS, binary_body, json_body
 from guard.verdict import Verdict
 
 #: Largest model file accepted as a request body (a full SDXL checkpoint is ~7 GB).
@@ -67,29 +75,37 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
     on_file_slot = functools.partial(_threaded, slots=anyio.CapacityLimiter(
         file_slots or default_workers(0, metadata_only=False)))
 
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
+    bearer = HTTPBearer(auto_error=False, description="the token given to guard serve (--token-file / GUARD_TOKEN)")
 
-    def authorized(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        given = credentials.credentials.encode() if credentials else b""
         if expected is not None and not hmac.compare_digest(given, expected):
             raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is required",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    app = FastAPI(title="diffusion-guard", version=guard.versions["guard"])
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])  # /healthz stays open for load balancers
+    # Swagger UI and ReDoc from files in the package: a service behind a firewall has docs too.
+    app = FastAPIOffline(title="diffusion-guard", version=guard.versions["guard"],
+                         description="Checks for diffusion platforms. The HTTP status says whether the request "
+                                     "worked; what was decided is the verdict's `action` (and `X-Guard-Action`).")
+    app.add_exception_handler(RequestValidationError, _bad_query)
+    app.openapi = functools.partial(_openapi, app)
+    # /healthz stays open for load balancers
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)], responses=ERRORS)
+    verdict_route = functools.partial(v1.post, response_model=schema.VerdictModel)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=schema.HealthModel)
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "versions": guard.versions}
 
-    @v1.post("/prompt")
+    @verdict_route("/prompt", openapi_extra=json_body(schema.PromptRequest))
     async def prompt(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         verdict = await _threaded(guard.check_prompt, _field(body, "text", str),
                                   negative=_field(body, "negative", str, None), account=_field(body, "account", str, None))
         return _answer(verdict)
 
-    @v1.post("/images")
+    @v1.post("/images", response_model=schema.ImagesVerdictModel, openapi_extra=json_body(schema.ImagesRequest))
     async def images(request: Request) -> JSONResponse:
         body = await _json(request, max_image_bytes * 4 // 3 + 4096)
         items = _field(body, "images", list)
@@ -110,14 +126,15 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
         return JSONResponse({"action": strongest.value, "verdicts": [v.to_dict() for v in verdicts]},
                             headers={"X-Guard-Action": strongest.value})
 
-    @v1.post("/image")
+    @verdict_route("/image", openapi_extra=binary_body("application/octet-stream", "the image file's bytes"))
     async def image(request: Request, surface: str = "generated_image", account: str | None = None,
                     name: str = "image") -> JSONResponse:
         data = await _body(request, max_image_bytes)
         [verdict] = await _check_images(guard, [data], [name], surface, account)
         return _answer(verdict)
 
-    @v1.post("/model")
+    @verdict_route("/model", openapi_extra=binary_body("application/octet-stream", "the model file's bytes "
+                                                       "(streamed to a temporary file, never unpickled)"))
     async def model(request: Request, account: str | None = None, name: str = "upload",
                     trigger_words: str = "", metadata_only: bool = False) -> JSONResponse:
         with tempfile.TemporaryDirectory(prefix="guard-upload-") as tmp:
@@ -128,7 +145,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
                 trigger_words=[w.strip() for w in trigger_words.split(",") if w.strip()])
         return _answer(verdict)
 
-    @v1.post("/model/path")
+    @verdict_route("/model/path", openapi_extra=json_body(schema.ModelPathRequest))
     async def model_path(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
@@ -139,7 +156,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
                                      trigger_words=words, metadata_only=_field(body, "metadata_only", bool, False))
         return _answer(verdict)
 
-    @v1.post("/dataset/path")
+    @verdict_route("/dataset/path", openapi_extra=json_body(schema.PathRequest))
     async def dataset_path(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
@@ -147,7 +164,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
                                      confine=roots)
         return _answer(verdict)
 
-    @v1.post("/publication/path")
+    @verdict_route("/publication/path", openapi_extra=json_body(schema.PathRequest))
     async def publication_path(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
@@ -155,7 +172,7 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
                                   confine=roots)
         return _answer(verdict)
 
-    @v1.post("/takedown/path")
+    @v1.post("/takedown/path", response_model=schema.TakedownModel, openapi_extra=json_body(schema.TakedownRequest))
     async def takedown_path(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
         path = _allowed(roots, _field(body, "path", str))
@@ -176,6 +193,33 @@ def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8080, **options: An
 
 
 # Helpers -------------------------------------------------------------------------------------
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with the request bodies the routes read themselves."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for operations in spec["paths"].values():  # a bad query parameter answers 400 (ErrorModel), never 422
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        for model in schema.REQUEST_MODELS:
+            found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(found.pop("$defs", {}))
+            components[model.__name__] = found
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
+async def _bad_query(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A query parameter of the wrong type is a bad request like any other: 400, one sentence."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+                         for e in exc.errors())
+    return JSONResponse({"detail": problems}, status_code=400)
+
+
 async def _threaded(fn, *args, slots: anyio.CapacityLimiter | None = None, **kwargs):
     """``fn(*args, **kwargs)`` on a worker thread (of ``slots``, else of the shared pool)."""
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=slots)
@@ -252,4 +296,6 @@ def _allowed(roots: Sequence[Path], raw: str) -> Path:
     path = Path(raw).resolve()
     if not any(path.is_relative_to(root) for root in roots):
         raise HTTPException(403, f"{raw} is outside the folders this service may read")
+    if not path.exists():  # a typo in a pipeline is not blocked content (only allowed folders are told apart)
+        raise HTTPException(404, f"{raw} does not exist")
     return path

@@ -4,6 +4,7 @@ against the bank's names (aliases, keywords) and, with a real encoder, their emb
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from typing import Any, Mapping, Sequence
 
@@ -29,12 +30,22 @@ class TextChecks:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if negative is not None and not isinstance(negative, str):
             raise TypeError(f"negative must be a str or None, got {type(negative).__name__}")
+        limit = self.policy.text.max_prompt_chars
+        if len(text) > limit:  # before any work: its cost grows with the length
+            return self._finish(self._too_long(text, subject, limit), account)
         name = subject if subject is not None else text
         if self._embeds_prompts:
             self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
         [verdict] = self._checked(lambda: [self._prompt(text, negative, account, name)],
                                   lambda error: [self._error(name, Surface.PROMPT, error)], account)
         return verdict
+
+    def _too_long(self, text: str, subject: str | None, limit: int) -> Verdict:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        name = subject if subject is not None else f"{text[:80]}… ({len(text):,} characters)"
+        return self.format_verdict(name, Surface.PROMPT, f"prompt of {len(text):,} characters is longer than the "
+                                   f"policy's [text] max_prompt_chars = {limit:,}: not screened",
+                                   characters=len(text), prompt_sha256=digest)
 
     def _prompt(self, text: str, negative: str | None, account: str | None, name: str) -> Verdict:
         findings = self.text_findings(text, Surface.PROMPT, account)

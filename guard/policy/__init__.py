@@ -111,6 +111,28 @@ class Policy:
         return cls(data)
 
     @property
+    def character_ids(self) -> list[str]:
+        """The characters the policy has a ``[characters.<id>]`` section for."""
+        return list(self._data.get("characters", {}))
+
+    def check_characters(self, bank) -> None:
+        """Refuse sections for characters the bank does not hold: a mistyped id would
+        otherwise leave its thresholds or authorized accounts silently unused.
+
+        Raises:
+            ConfigError: naming the unknown ids and the bank's.
+        """
+        unknown_ids = [cid for cid in self.character_ids if cid not in bank]
+        if unknown_ids:
+            import difflib
+
+            known = [c.id for c in bank.characters]
+            hints = [f"{cid!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(cid, known, 1))
+                     else repr(cid) for cid in unknown_ids]
+            raise ConfigError(f"policy {self.source}: [characters.<id>] sections for characters not in the bank: "
+                              f"{', '.join(hints)}; the bank holds {', '.join(known) or 'no characters'}")
+
+    @property
     def error_action(self) -> Action:
         """What "could not evaluate" becomes under this policy's fail mode."""
         return _FAIL_MODES[self.fail_mode]

@@ -29,6 +29,8 @@ class TextSettings:
     fuzzy: bool = setting(boolean())
     #: A misspelt name scores 1.0 less this per edit.
     fuzzy_penalty: float = setting(number(0.0, 0.5))
+    #: Longer prompts are not screened: a format verdict (real prompts are under 2,000).
+    max_prompt_chars: int = setting(integer(1))
     window_words: int = setting(integer(1))
     window_stride: int = setting(integer(1))
     steer: bool = setting(boolean())

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from guard.errors import ConfigError
+from guard.state.folder import open_problem
 from guard.verdict import Action, Verdict
 
 GENESIS = "0" * 64
@@ -137,7 +138,7 @@ class AuditLog:
                 if column not in have:  # a log from an earlier version
                     self._db.execute(f"ALTER TABLE audit ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"state folder {folder}: cannot open the audit log ({exc})") from None
+            raise open_problem(folder, exc, "the audit log") from None
 
     def record(self, verdict: Verdict, account: str | None = None) -> int:
         """Append one verdict; returns its sequence number."""

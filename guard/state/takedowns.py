@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from guard.errors import ConfigError
+from guard.state.folder import open_problem
 from guard.extract.lora import Fingerprint
 
 _SCHEMA = """
@@ -70,6 +71,10 @@ def _event(entry: "Takedown") -> dict:
             "kind": "image" if entry.pdq else "model_file"}
 
 
+_COLUMNS = ("id, notice, character, reason, subject, sha256, tensor_sha256, fingerprint, created, pdq, "
+            "pdq_quality")
+
+
 class TakedownList:
     """The takedown list of one state folder."""
 
@@ -83,7 +88,7 @@ class TakedownList:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"state folder {folder}: cannot open the takedown list ({exc})") from None
+            raise open_problem(folder, exc, "the takedown list") from None
         self._lock = threading.Lock()
         self._cache: list[Takedown] | None = None
         self._version: int | None = None
@@ -138,10 +143,8 @@ class TakedownList:
             if version != self._version:
                 self._cache, self._version = None, version
             if self._cache is None:
-                rows = self._db.execute("SELECT id, notice, character, reason, subject, sha256, tensor_sha256,"
-                                        " fingerprint, created, pdq, pdq_quality FROM takedowns ORDER BY id").fetchall()
-                self._cache = [Takedown(*r[:7], Fingerprint.from_bytes(r[7]) if r[7] else None, r[8], r[9], r[10])
-                               for r in rows]
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM takedowns ORDER BY id").fetchall()
+                self._cache = _entries(rows)
                 self.generation += 1
             return list(self._cache)
 
@@ -152,14 +155,32 @@ class TakedownList:
 def read_ids(state_dir: str | Path) -> set[int] | None:
     """The ids on a state folder's takedown list, read without writing (an archived copy
     works); ``None`` when the folder has no list."""
+    rows = _read_only(state_dir, "SELECT id FROM takedowns")
+    return None if rows is None else {r[0] for r in rows}
+
+
+def read_entries(state_dir: str | Path) -> list[Takedown]:
+    """The entries of a state folder's takedown list, read without writing (nothing is
+    created: a mistyped folder is an error, a folder without a list has no entries)."""
+    if not Path(state_dir).is_dir():
+        raise ConfigError(f"state folder {state_dir} does not exist (check --state / GUARD_STATE)")
+    rows = _read_only(state_dir, f"SELECT {_COLUMNS} FROM takedowns ORDER BY id")
+    return [] if rows is None else _entries(rows)
+
+
+def _entries(rows) -> list[Takedown]:
+    return [Takedown(*r[:7], Fingerprint.from_bytes(r[7]) if r[7] else None, r[8], r[9], r[10]) for r in rows]
+
+
+def _read_only(state_dir: str | Path, query: str) -> list | None:
     path = Path(state_dir) / "takedowns.sqlite"
     if not path.is_file():
         return None
-    for flags in ("mode=ro", "immutable=1"):
+    for flags in ("mode=ro", "immutable=1"):  # immutable: a copy on read-only media (no -shm)
         try:
             db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
             try:
-                return {r[0] for r in db.execute("SELECT id FROM takedowns")}
+                return db.execute(query).fetchall()
             finally:
                 db.close()
         except sqlite3.Error:

@@ -1,197 +1,37 @@
 """The ``guard`` command: parses arguments, calls the library, prints. Nothing else.
 
 Exit status: 0 all allowed · 3 something flagged, nothing blocked · 4 something blocked ·
-2 usage or configuration error · 1 the guard itself failed.
+5 (audit verify) tampered · 2 usage or configuration error (a path that does not exist, an
+empty input set) · 1 the guard itself failed. Each command imports only what it uses:
+takedown, audit and header-only commands never load torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich.markup import escape
 
-from guard import __version__
-from guard.bank import Bank, add_characters, build_bank
-from guard.encoders import load_encoder
 from guard.errors import ConfigError, GuardError
-from guard.facade import Guard
-from guard.extract.images import image_files
-from guard.adapters.scan import find_model_files, rescan, scan_files
-from guard.verdict import Action, Surface
+from guard.verdict import Action
 from guard.adapters.cli import output
+from guard.adapters.cli.inputs import NothingToCheck, folder_has_files, require_existing, require_items
 from guard.adapters.cli.output import EXIT_FAILED, EXIT_OK, EXIT_TAMPERED, EXIT_USAGE, err, out
+from guard.adapters.cli.parser import ATTRIBUTES, build_parser
+
+if TYPE_CHECKING:
+    from guard.facade import Guard
 
 log = logging.getLogger("guard")
 IMAGE_BATCH = 64
-
-
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--bank", default=os.environ.get("GUARD_BANK"),
-                        help="bank file (env GUARD_BANK)")
-    common.add_argument("--policy", default=os.environ.get("GUARD_POLICY"),
-                        help="policy TOML (env GUARD_POLICY; default: the shipped default policy)")
-    common.add_argument("--encoder", default=os.environ.get("GUARD_ENCODER"),
-                        help="encoder spec (env GUARD_ENCODER; default: the bank's encoder)")
-    common.add_argument("--state", default=os.environ.get("GUARD_STATE"),
-                        help="state folder: takedown list and audit log (env GUARD_STATE)")
-    common.add_argument("--json", action="store_true", help="JSONL on stdout, one verdict per item")
-    common.add_argument("--device", help="cuda, cpu, ... (default: CUDA when available)")
-    common.add_argument("--allow-download", action="store_true",
-                        help="let a production encoder spec download its weights once")
-    common.add_argument("--operator", default=os.environ.get("GUARD_OPERATOR"),
-                        help="who runs this, for the audit chain's takedown and notice rows "
-                             "(env GUARD_OPERATOR; default: the login name)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    return common
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = argparse.ArgumentParser(prog="guard", description="Keep protected characters out of "
-                                     "what a diffusion platform trains, loads, generates and publishes.")
-    parser.add_argument("--version", action="version", version=f"diffusion-guard {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-
-    bank = groups.add_parser("bank", help="build and inspect banks").add_subparsers(dest="cmd", required=True)
-    p = bank.add_parser("build", parents=[common], help="build a bank from a references folder")
-    p.add_argument("refs_dir", help="one sub-folder per character, each with a character.toml")
-    p.add_argument("-o", "--output", required=True, help="bank file to write (.safetensors)")
-    p.add_argument("--reuse", help="an earlier bank whose unchanged embeddings are reused")
-    p.set_defaults(run=cmd_bank_build)
-    p = bank.add_parser("info", parents=[common], help="describe a bank")
-    p.add_argument("bank_file")
-    p.set_defaults(run=cmd_bank_info)
-    p = bank.add_parser("add", parents=[common], help="add or replace characters (others are not re-encoded)")
-    p.add_argument("bank_file")
-    p.add_argument("character_dirs", nargs="+")
-    p.set_defaults(run=cmd_bank_add)
-    p = bank.add_parser("remove", parents=[common], help="remove characters from a bank")
-    p.add_argument("bank_file")
-    p.add_argument("ids", nargs="+")
-    p.set_defaults(run=cmd_bank_remove)
-
-    check = groups.add_parser("check", help="check prompts and images").add_subparsers(dest="cmd", required=True)
-    p = check.add_parser("image", parents=[common], help="check image files (folders: recursively)")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--surface", default=Surface.GENERATED_IMAGE.value,
-                   choices=["generated_image", "cover_image", "training_image"])
-    p.add_argument("--account", help="the account that uploads or generates")
-    p.set_defaults(run=cmd_check_image)
-    p = check.add_parser("prompt", parents=[common], help="check a prompt, or many (one per line)")
-    p.add_argument("text", nargs="?", help="the prompt; '-' reads prompts from stdin, one per line")
-    p.add_argument("--file", help="read prompts from this file, one per line")
-    p.add_argument("--negative", help="the negative prompt (never a finding)")
-    p.add_argument("--account", help="the account that submits the prompt")
-    p.set_defaults(run=cmd_check_prompt)
-    p = check.add_parser("dataset", parents=[common], help="check a LoRA training set (images + captions)")
-    p.add_argument("folder")
-    p.add_argument("--account", help="the uploading account")
-    p.set_defaults(run=cmd_check_dataset)
-    p = check.add_parser("publication", parents=[common], help="check a publication before it goes public")
-    p.add_argument("bundle", help="a folder (publication.json optional) or a JSON manifest")
-    p.add_argument("--account", help="the publishing account (default: the manifest's)")
-    p.set_defaults(run=cmd_check_publication)
-
-    notice = groups.add_parser("notice", help="rights holders' notices").add_subparsers(dest="cmd", required=True)
-    p = notice.add_parser("add", parents=[common], help="enroll or update a character from a notice")
-    p.add_argument("--character", required=True, help="character id (new or existing)")
-    p.add_argument("--refs", required=True, help="folder of reference images from the notice")
-    p.add_argument("--holder", help="the rights holder")
-    p.add_argument("--accounts", nargs="*", default=[], help="accounts authorized to use the character")
-    p.add_argument("--name", action="append", default=[], metavar="LANG=NAME", help="a display name, e.g. en=Ultraman")
-    p.set_defaults(run=cmd_notice_add)
-
-    p = groups.add_parser("rescan", parents=[common], help="re-check a catalog against the current bank")
-    p.add_argument("catalog", help="a folder tree, or a JSONL index of items")
-    p.set_defaults(run=cmd_rescan)
-
-    audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="cmd", required=True)
-    p = audit.add_parser("verify", parents=[common], help="check the audit log's hash chain "
-                         "(exit 0 intact, 5 tampered, 2 usage; works on a read-only copy)")
-    p.add_argument("--anchor", action="append", default=[], metavar="FILE",
-                   help="a duty-of-care report (or a head printed by --json) saved earlier: the rows it "
-                        "recorded must still be there, unchanged (repeatable)")
-    p.add_argument("--public-key", help="the operator's Ed25519 public key: signed anchors (guard audit sign) "
-                                        "must verify with it")
-    p.add_argument("--key-file", help="the chain's MAC key (env GUARD_AUDIT_KEY_FILE, or the key in GUARD_AUDIT_KEY): "
-                                      "rows rewritten without it do not verify")
-    p.set_defaults(run=cmd_audit_verify)
-    p = audit.add_parser("sign", parents=[common], help="sign the chain's head with an Ed25519 key (export it; "
-                         "run on a schedule)")
-    p.add_argument("--signing-key", required=True, help="private key (guard audit keygen)")
-    p.add_argument("-o", "--output", help="write the signed head here instead of stdout")
-    p.set_defaults(run=cmd_audit_sign)
-    p = audit.add_parser("purge", parents=[common], help="pseudonymise prompts and accounts past the policy's "
-                         "[retention] (run daily; needs the audit key)")
-    p.add_argument("--key-file", help="the audit key (env GUARD_AUDIT_KEY_FILE / GUARD_AUDIT_KEY)")
-    p.set_defaults(run=cmd_audit_purge)
-    p = audit.add_parser("keygen", parents=[common], help="make an Ed25519 key pair for signed heads")
-    p.add_argument("folder", help="where to write audit-signing.key (0600) and audit-signing.pub")
-    p.set_defaults(run=cmd_audit_keygen)
-    p = audit.add_parser("report", parents=[common], help="duty-of-care summary (JSON, and HTML with --html)")
-    p.add_argument("--since", help="start (inclusive): 2026-12-01, 2026-12-01T08:00+01:00 (no zone: UTC), "
-                                   "today, yesterday, or an age such as 7d / 12h")
-    p.add_argument("--until", help="end (exclusive), in the same forms")
-    p.add_argument("--html", help="also write a self-contained HTML page here")
-    p.add_argument("--pdf", help="also write it as a PDF (A4, numbered pages; the evidence extra)")
-    p.add_argument("-o", "--output", help="write the JSON here instead of stdout")
-    p.set_defaults(run=cmd_audit_report)
-    p = groups.add_parser("scan", parents=[common], help="gate model files (LoRA, Checkpoint, embeddings)")
-    p.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
-    p.add_argument("--metadata-only", action="store_true", help="read safetensors headers only")
-    p.add_argument("--all", action="store_true", help="in folders, also check files without a model suffix")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: one per two cores for full scans, whose hashing keeps "
-                        "two cores busy per file; one per core for header-only scans of 1,024 files or more)")
-    p.add_argument("--account", help="the uploading account")
-    p.add_argument("--trigger-words", nargs="*", default=[], help="trigger words declared with the upload")
-    p.set_defaults(run=cmd_scan)
-
-    p = groups.add_parser("serve", parents=[common], help="answer checks over HTTP (needs the [server] extra)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
-                   help="a folder whose files the …/path routes may read (repeatable; default: none)")
-    p.add_argument("--max-model-mb", type=int, help="largest model upload, in MiB (default: 16 GiB)")
-    p.add_argument("--token-file", help="file holding the bearer token every /v1 route wants "
-                                        "(or env GUARD_TOKEN; default: no token check)")
-    p.set_defaults(run=cmd_serve)
-
-    p = groups.add_parser("convert", parents=[common], help="convert a pickle checkpoint that passes the gate "
-                                                           "to safetensors")
-    p.add_argument("file")
-    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
-    p.set_defaults(run=cmd_convert)
-
-    takedown = groups.add_parser("takedown", help="the takedown list").add_subparsers(dest="cmd", required=True)
-    p = takedown.add_parser("add", aliases=["apply"], parents=[common],
-                            help="take items down and keep them down (model files, images, publications)")
-    p.add_argument("items", nargs="+", metavar="ITEM")
-    p.add_argument("--notice", required=True, help="the notice this answers (ticket id)")
-    p.add_argument("--character", help="the protected character concerned")
-    p.add_argument("--reason")
-    p.set_defaults(run=cmd_takedown_add)
-    p = takedown.add_parser("list", parents=[common], help="list taken-down items")
-    p.set_defaults(run=cmd_takedown_list)
-    p = takedown.add_parser("remove", parents=[common], help="remove every entry of a notice")
-    p.add_argument("--notice", required=True)
-    p.add_argument("--reason", help="why (kept in the audit chain with who and when)")
-    p.set_defaults(run=cmd_takedown_remove)
-
-    comfy = groups.add_parser("comfyui", help="guard a ComfyUI server").add_subparsers(dest="cmd", required=True)
-    p = comfy.add_parser("install", parents=[common], help="write the diffusion_guard node pack into a ComfyUI folder")
-    p.add_argument("comfyui", metavar="COMFYUI_DIR", help="the folder holding ComfyUI's main.py (or its --base-directory)")
-    p.add_argument("--account-key", default=None, help="extra_data field naming the account (default guard_account)")
-    p.set_defaults(run=cmd_comfyui_install)
-    return parser
+#: A policy file in the working directory is used when neither --policy nor GUARD_POLICY names one.
+LOCAL_POLICY = "guard.toml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,10 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    for name in ATTRIBUTES:  # options a command does not take read as unset
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    output.configure_logging(args.log_level or ("info" if args.verbose else "warning"), args.log_format)
     try:
-        return args.run(args)
+        return globals()[COMMANDS[(args.group, getattr(args, "cmd", None))]](args)
+    except NothingToCheck as empty:
+        err.print(str(empty), highlight=False)
+        return EXIT_OK
     except ConfigError as exc:  # messages quote TOML tables ([signals.x]): never read as markup
         err.print(f"[red]guard: {escape(str(exc))}[/]", highlight=False)
         return EXIT_USAGE
@@ -215,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 (the guard's own bug: one line, exit 1; -v shows where)
         log.debug("internal error", exc_info=True)
-        err.print(f"[red]guard: internal error: {type(exc).__name__}: {escape(str(exc))}[/] (run with -v for details)",
-                  highlight=False)
+        err.print(f"[red]guard: internal error: {type(exc).__name__}: {escape(str(exc))}[/] "
+                  "(run with --log-level debug for details)", highlight=False)
         return EXIT_FAILED
 
 
@@ -225,18 +70,54 @@ def _encoder_options(args) -> dict:
     return {"device": args.device, "allow_download": args.allow_download or None}
 
 
-def _guard(args) -> Guard:
+def _guard(args, bank_needed: bool = True) -> Guard:
+    """The facade for this command. ``bank_needed=False``: a command that works without a bank
+    (a takedown, a conversion) gets an empty one when none is given."""
+    from guard.facade import Guard
+
+    policy = _policy_path(args)
     if not args.bank:
-        raise ConfigError("no bank given: pass --bank BANK or set GUARD_BANK")
-    guard = Guard.open(args.bank, args.policy, args.encoder, args.state, **_encoder_options(args))
+        if bank_needed:
+            raise ConfigError("no bank given: pass --bank BANK or set GUARD_BANK")
+        from guard.bank import Bank
+        from guard.policy import Policy
+
+        log.info("no bank: only checks that need none run")
+        return Guard(Bank("none", 0), Policy.load(policy), None, _state_folder(args))
+    guard = Guard.open(args.bank, policy, args.encoder, _state_folder(args), **_encoder_options(args))
+    log.info("bank %s: %d characters, encoder %s, sha256 %s", args.bank, len(guard.bank), guard.bank.encoder,
+             guard.versions["bank"])
+    log.info("policy %s (sha256 %s); state %s", policy or "shipped default", guard.versions["policy"],
+             args.state or "none (nothing recorded)")
     if not guard.encoder_meaningful and not args.json:
         err.print(f"[yellow]encoder: {guard.versions['encoder']}[/]", highlight=False)
     return guard
 
 
+def _policy_path(args) -> str | None:
+    if args.policy:
+        return args.policy
+    if os.path.isfile(LOCAL_POLICY):
+        log.info("policy: ./%s (no --policy or GUARD_POLICY given)", LOCAL_POLICY)
+        return LOCAL_POLICY
+    return None
+
+
+def _state_folder(args) -> str | None:
+    """The state folder as given, refused early with a fix when it cannot be one."""
+    if args.state and os.path.exists(args.state) and not os.path.isdir(args.state):
+        raise ConfigError(f"--state {args.state} is a file: the state folder is a folder (it holds audit.sqlite "
+                          "and takedowns.sqlite; a missing one is created)")
+    return args.state
+
+
 def cmd_bank_build(args) -> int:
+    from guard.bank import Bank, build_bank
+    from guard.encoders import load_encoder
+
     if not args.encoder:
         raise ConfigError("bank build needs --encoder (or GUARD_ENCODER), e.g. --encoder ViT-L-14/openai")
+    require_existing([args.refs_dir], "references folder")
     encoder = load_encoder(args.encoder, **_encoder_options(args))
     previous = Bank.load(args.reuse) if args.reuse else None
     bank = build_bank(args.refs_dir, encoder, previous)
@@ -245,10 +126,16 @@ def cmd_bank_build(args) -> int:
 
 
 def cmd_bank_info(args) -> int:
+    from guard.bank import Bank
+
     return _report_bank(args, Bank.load(args.bank_file), None)
 
 
 def cmd_bank_add(args) -> int:
+    from guard.bank import Bank, add_characters
+    from guard.encoders import load_encoder
+
+    require_existing(args.character_dirs, "character folder")
     bank = Bank.load(args.bank_file)
     encoder = load_encoder(args.encoder or bank.encoder, **_encoder_options(args))
     added = add_characters(bank, [Path(d) for d in args.character_dirs], encoder)
@@ -257,6 +144,8 @@ def cmd_bank_add(args) -> int:
 
 
 def cmd_bank_remove(args) -> int:
+    from guard.bank import Bank
+
     bank = Bank.load(args.bank_file)
     for cid in args.ids:
         bank.remove(cid)
@@ -264,26 +153,29 @@ def cmd_bank_remove(args) -> int:
     return _report_bank(args, bank, f"removed: {', '.join(args.ids)}")
 
 
-def _report_bank(args, bank: Bank, message: str | None) -> int:
+def _report_bank(args, bank, message: str | None) -> int:
     info = bank.info()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return EXIT_OK
     if message:
         out.print(message, highlight=False)
-    out.print(f"bank {info['path']}: {info['characters']} characters, {info['image_exemplars']} image and "
-              f"{info['text_exemplars']} text exemplars, encoder {info['encoder']} (dim {info['dim']})",
+    out.print(f"bank {info['path']}: {output.count(info['characters'], 'character')}, "
+              f"{output.count(info['image_exemplars'], 'image exemplar')} and "
+              f"{output.count(info['text_exemplars'], 'text exemplar')}, encoder {info['encoder']} (dim {info['dim']})",
               highlight=False)
     for c in info["per_character"]:
         names = " / ".join(dict.fromkeys(c["names"].values())) or c["id"]
-        out.print(f"  {c['id']}: {names} · holder {c['holder'] or '-'} · {c['references']} references · "
-                  f"{c['aliases']} names and aliases", highlight=False)
+        out.print(f"  {c['id']}: {names} · holder {c['holder'] or '-'} · {output.count(c['references'], 'reference')} · "
+                  f"{output.count(c['aliases'], 'name or alias', 'names and aliases')}", highlight=False)
     return EXIT_OK
 
 
 def cmd_check_image(args) -> int:
-    guard = _guard(args)
+    require_existing(args.paths)
     paths = _expand_images(args.paths)
+    require_items(paths, args.allow_empty, "images", args.paths)
+    guard = _guard(args)
     verdicts = []
     with output.progress(len(paths), "checking images") as advance:
         for start in range(0, len(paths), IMAGE_BATCH):
@@ -297,6 +189,7 @@ def cmd_check_image(args) -> int:
 
 def cmd_check_prompt(args) -> int:
     prompts = _read_prompts(args)
+    require_items(prompts, args.allow_empty, "prompts", [args.file or "stdin"])
     guard = _guard(args)
     verdicts = []
     with output.progress(len(prompts), "checking prompts") as advance:
@@ -310,23 +203,30 @@ def cmd_check_prompt(args) -> int:
 
 def _read_prompts(args) -> list[str]:
     if (args.text is None) == (args.file is None):
-        raise ConfigError("give one prompt as TEXT, '-' to read prompts from stdin, or --file FILE")
-    if args.file is None and args.text != "-":
+        raise ConfigError("give one prompt as TEXT, '-' (or --file -) to read prompts from stdin, or --file FILE")
+    source = args.file if args.file is not None else args.text
+    if source != "-" and args.file is None:
         return [args.text]
+    if source != "-":
+        require_existing([source], "prompts file")
     try:
-        raw = sys.stdin.buffer.read() if args.file is None else Path(args.file).read_bytes()
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"--file {args.file}: cannot read it ({exc.strerror or exc})") from None
+        raise ConfigError(f"--file {source}: cannot read it ({exc.strerror or exc})") from None
     # Odd encodings are decoded with replacement rather than refused: a prompt is still screened.
     return [line for line in raw.decode("utf-8", errors="replace").splitlines() if line.strip()]
 
 
 def cmd_scan(args) -> int:
+    from guard.adapters.scan import find_model_files, scan_files
+
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
-    guard = _guard(args)
+    require_existing(args.paths)
     files = find_model_files(args.paths, args.all)
-    guard_args = {"bank": args.bank, "policy": args.policy, "encoder": args.encoder, "state": args.state}
+    require_items(files, args.allow_empty, "model files (add --all for files without a model suffix)", args.paths)
+    guard = _guard(args)
+    guard_args = {"bank": args.bank, "policy": _policy_path(args), "encoder": args.encoder, "state": args.state}
     check = {"account": args.account, "trigger_words": args.trigger_words, "metadata_only": args.metadata_only}
     verdicts = []
     with output.progress(len(files), "scanning") as advance:
@@ -335,7 +235,7 @@ def cmd_scan(args) -> int:
             verdicts.append(verdict)
             advance(1)
     if not args.json:
-        output.print_scan_summary(verdicts)
+        output.print_scan_summary(verdicts, "model files needing action")
     return output.exit_code(verdicts)
 
 
@@ -368,14 +268,15 @@ def _takedowns(args):
 
 
 def cmd_takedown_add(args) -> int:
-    guard = _guard(args)
+    require_existing(args.items)
+    guard = _guard(args, bank_needed=bool(args.character))
     for item in args.items:
         for entry in guard.take_down(item, args.notice, args.character, args.reason, operator=_operator(args)):
             if args.json:
                 print(json.dumps(entry.to_dict(), ensure_ascii=False))
                 continue
             kept = (f"PDQ {entry.pdq.hex()[:16]}…" if entry.pdq else
-                    f"{entry.to_dict()['fingerprint_layers']} fingerprinted layers")
+                    output.count(entry.to_dict()['fingerprint_layers'], 'fingerprinted layer'))
             out.print(f"taken down under notice {entry.notice}: {entry.subject} (sha256 {entry.sha256[:16]}…, "
                       f"{kept})", highlight=False)
     return EXIT_OK
@@ -383,11 +284,14 @@ def cmd_takedown_add(args) -> int:
 
 def cmd_comfyui_install(args) -> int:
     from guard.adapters.comfyui.install import install
+    from guard.facade import Guard
 
     if not args.bank:
         raise ConfigError("no bank given: pass --bank BANK (the node pack reads it at every ComfyUI start)")
-    Guard.open(args.bank, args.policy, args.encoder)  # a bank or policy that fails here would fail in ComfyUI
-    pack = install(args.comfyui, bank=args.bank, policy=args.policy, state=args.state, encoder=args.encoder,
+    require_existing([args.comfyui], "ComfyUI folder")
+    policy = _policy_path(args)
+    Guard.open(args.bank, policy, args.encoder)  # a bank or policy that fails here would fail in ComfyUI
+    pack = install(args.comfyui, bank=args.bank, policy=policy, state=args.state, encoder=args.encoder,
                    device=args.device, account_key=args.account_key)
     out.print(f"installed {pack} (settings in {pack / 'diffusion_guard.toml'}); restart ComfyUI to load it",
               highlight=False)
@@ -397,8 +301,9 @@ def cmd_comfyui_install(args) -> int:
 def cmd_convert(args) -> int:
     from guard.adapters.convert import ConversionRefused, convert_to_safetensors
 
+    require_existing([args.file])
     try:
-        verdict = convert_to_safetensors(_guard(args), args.file, args.output)
+        verdict = convert_to_safetensors(_guard(args, bank_needed=False), args.file, args.output)
     except ConversionRefused as refused:
         _emit(args, [refused.verdict])
         if not args.json:
@@ -412,6 +317,11 @@ def cmd_convert(args) -> int:
 
 
 def cmd_check_dataset(args) -> int:
+    from guard.extract.images import image_files
+
+    require_existing([args.folder], "training-set folder")
+    if os.path.isdir(args.folder):
+        require_items(image_files(Path(args.folder), recursive=True), args.allow_empty, "images", [args.folder])
     dataset, images = _guard(args).check_dataset(args.folder, account=args.account)
     _emit(args, images + [dataset])
     if not args.json:
@@ -420,14 +330,20 @@ def cmd_check_dataset(args) -> int:
 
 
 def cmd_check_publication(args) -> int:
+    require_existing([args.bundle], "publication folder or manifest")
+    if os.path.isdir(args.bundle):
+        require_items([1] if folder_has_files(args.bundle) else [], args.allow_empty, "files", [args.bundle])
     verdict = _guard(args).check_publication(args.bundle, account=args.account)
     _emit(args, [verdict])
-    return _finish(args, [verdict], "publication")
+    if not args.json:
+        output.print_publication(verdict)
+    return output.exit_code([verdict])
 
 
 def cmd_notice_add(args) -> int:
     if not args.bank:
         raise ConfigError("notice add updates a bank: pass --bank BANK or set GUARD_BANK")
+    require_existing([args.refs], "references folder")
     names = {}
     for item in args.name:
         lang, sep, name = item.partition("=")
@@ -437,18 +353,25 @@ def cmd_notice_add(args) -> int:
     guard = _guard(args)
     char = guard.enroll(args.character, args.refs, args.holder, args.accounts, names, operator=_operator(args))
     guard.bank.save(args.bank)
-    return _report_bank(args, guard.bank, f"enrolled {char.id}: {len(char.references)} references, "
+    return _report_bank(args, guard.bank, f"enrolled {char.id}: {output.count(len(char.references), 'reference')}, "
                                           f"holder {char.holder or '-'}")
 
 
 def cmd_rescan(args) -> int:
+    from guard.adapters.scan import catalog_items, rescan
+
+    require_existing([args.catalog], "catalog")
+    items = catalog_items(args.catalog)
+    require_items(items, args.allow_empty, "items", [args.catalog])
     guard = _guard(args)
     verdicts = []
-    for verdict in rescan(guard, args.catalog):
-        _emit(args, [verdict])
-        verdicts.append(verdict)
+    with output.progress(len(items), "rescanning") as advance:
+        for verdict in rescan(guard, args.catalog, items):
+            _emit(args, [verdict])
+            verdicts.append(verdict)
+            advance(1)
     if not args.json:
-        output.print_scan_summary(verdicts)
+        output.print_scan_summary(verdicts, "catalog items needing action")
     return output.exit_code(verdicts)
 
 
@@ -535,7 +458,7 @@ def cmd_audit_purge(args) -> int:
     from guard.policy import Policy
     from guard.state.periods import stored
 
-    retention = Policy.load(args.policy).retention
+    retention = Policy.load(_policy_path(args)).retention
     if not retention.prompt_days and not retention.account_days:
         out.print("retention is off: the policy's [retention] prompt_days and account_days are 0", highlight=False)
         return EXIT_OK
@@ -603,14 +526,14 @@ def cmd_audit_report(args) -> int:
 
 def cmd_takedown_list(args) -> int:
     from guard.extract.lora import SCHEME
+    from guard.state.takedowns import read_entries
 
-    entries = _takedowns(args).entries()
-    for entry in entries:
-        if args.json:
+    entries = read_entries(_state(args, "the takedown list"))
+    if args.json:
+        for entry in entries:
             print(json.dumps(entry.to_dict(), ensure_ascii=False))
-        else:
-            out.print(f"{entry.id}\t{entry.notice}\t{entry.character or '-'}\t{entry.created}\t{entry.subject}",
-                      highlight=False)
+    else:
+        output.print_takedowns(entries)
     stale = [e for e in entries if e.fingerprint and e.fingerprint.scheme != SCHEME]
     if stale:  # their hashes still match exactly; their fingerprints no longer match anything
         err.print(f"[yellow]{len(stale)} takedown(s) hold fingerprints of an older recipe "
@@ -650,7 +573,9 @@ def _finish(args, verdicts, title: str) -> int:
 
 
 def _expand_images(paths: Sequence[str]) -> list[str]:
-    """Files as given (a missing one becomes a format verdict); folders: their images, sorted."""
+    """Files as given (an unreadable one becomes a format verdict); folders: their images, sorted."""
+    from guard.extract.images import image_files
+
     found: list[str] = []
     for raw in paths:
         path = Path(raw)
@@ -659,6 +584,58 @@ def _expand_images(paths: Sequence[str]) -> list[str]:
         else:
             found.append(raw)
     return found
+
+
+def cmd_policy_init(args) -> int:
+    from importlib import resources
+
+    target = Path(args.file)
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} exists: pass --force to replace it")
+    text = resources.files("guard").joinpath("data/default-policy.toml").read_text(encoding="utf-8")
+    header = ("# Written by `guard policy init`: the shipped defaults, every key explained. Keep what you\n"
+              "# change and delete the rest (this file is layered over the defaults); `guard policy check`\n"
+              "# says whether it loads. The guard reads ./guard.toml when no --policy is given.\n\n")
+    try:
+        target.write_text(header + text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot write it ({exc.strerror or exc})") from None
+    out.print(f"wrote {target}: edit it, then `guard policy check --policy {target} --bank BANK`", highlight=False)
+    return EXIT_OK
+
+
+def cmd_policy_check(args) -> int:
+    from guard.policy import Policy
+
+    path = _policy_path(args)
+    policy = Policy.load(path)
+    if args.bank:
+        from guard.bank import Bank
+
+        policy.check_characters(Bank.load(args.bank))
+    settings = policy.settings
+    out.print(f"policy {path or 'shipped default'} loads (sha256 {policy.digest}): fail mode "
+              f"{settings.fail_mode}, prompts up to {policy.text.max_prompt_chars:,} characters"
+              + (f", {len(policy.character_ids)} character sections, all in the bank" if args.bank else ""),
+              highlight=False)
+    return EXIT_OK
+
+
+#: (group, command) -> the function's name, looked up when run.
+COMMANDS = {
+    ("bank", "build"): "cmd_bank_build", ("bank", "info"): "cmd_bank_info", ("bank", "add"): "cmd_bank_add",
+    ("bank", "remove"): "cmd_bank_remove",
+    ("check", "image"): "cmd_check_image", ("check", "prompt"): "cmd_check_prompt",
+    ("check", "dataset"): "cmd_check_dataset", ("check", "publication"): "cmd_check_publication",
+    ("notice", "add"): "cmd_notice_add", ("rescan", None): "cmd_rescan", ("scan", None): "cmd_scan",
+    ("convert", None): "cmd_convert", ("serve", None): "cmd_serve",
+    ("takedown", "add"): "cmd_takedown_add", ("takedown", "apply"): "cmd_takedown_add",
+    ("takedown", "list"): "cmd_takedown_list", ("takedown", "remove"): "cmd_takedown_remove",
+    ("audit", "verify"): "cmd_audit_verify", ("audit", "sign"): "cmd_audit_sign", ("audit", "purge"): "cmd_audit_purge",
+    ("audit", "keygen"): "cmd_audit_keygen", ("audit", "report"): "cmd_audit_report",
+    ("policy", "init"): "cmd_policy_init", ("policy", "check"): "cmd_policy_check",
+    ("comfyui", "install"): "cmd_comfyui_install",
+}
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
@@ -20,6 +23,31 @@ _STYLE = {Action.ALLOW: "green", Action.FLAG: "yellow", Action.BLOCK: "bold red"
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 reference``, ``3 references``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (time in UTC, level, logger, message), for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if fmt == "json" else
+                         logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
 
 
 def exit_code(verdicts: Iterable[Verdict]) -> int:
@@ -74,10 +102,17 @@ def short_names(verdicts: Sequence[Verdict], title: str | None) -> tuple[str | N
     return f"{title or 'items'} in {folder if relative.startswith('..') else relative}", names
 
 
+def _item_column(table: Table, header: str, names: Sequence[str]) -> None:
+    """Names kept whole where the terminal allows (up to half its width): a name folded
+    mid-word at 80 columns is hard to copy."""
+    longest = max((len(n) for n in names), default=len(header))
+    table.add_column(header, overflow="fold", min_width=min(longest, max(12, out.width // 2)))
+
+
 def print_table(verdicts: Sequence[Verdict], title: str | None = None) -> None:
     title, names = short_names(verdicts, title)
     table = Table(title=title, show_lines=False)
-    table.add_column("item", overflow="fold")
+    _item_column(table, "item", names)
     table.add_column("action")
     table.add_column("findings", overflow="fold")
     for v, name in zip(verdicts, names):
@@ -90,16 +125,50 @@ def print_table(verdicts: Sequence[Verdict], title: str | None = None) -> None:
     out.print(" · ".join(f"{counts[a]} {a.value}" for a in Action))
 
 
-def print_scan_summary(verdicts: Sequence[Verdict]) -> None:
-    """Flagged and blocked files, then counts by action and by character or notice."""
+def print_publication(verdict: Verdict) -> None:
+    """A publication's verdict with the parts that decided it (the cover, the model file, ...)."""
+    table = Table(title="publication")
+    _item_column(table, "item", [verdict.subject])
+    table.add_column("action")
+    table.add_column("decided by", overflow="fold")
+    table.add_column("findings", overflow="fold")
+    findings = "\n".join(f"[{f.evidence.get('part', '-')}] {summarise(f)}" for f in verdict.findings) or "-"
+    if verdict.error:
+        findings = f"guard error: {verdict.error}\n{findings}".rstrip("-\n")
+    table.add_row(verdict.subject, f"[{_STYLE[verdict.action]}]{verdict.action.value}[/]",
+                  ", ".join(verdict.facts.get("decided_by") or []) or "-", findings)
+    out.print(table)
+
+
+def print_takedowns(entries) -> None:
+    if not entries:
+        out.print("the takedown list is empty", highlight=False)
+        return
+    table = Table(title="takedown list")
+    for column in ("id", "notice", "character", "since (UTC)", "kept"):
+        table.add_column(column, overflow="fold")
+    names = [os.path.relpath(e.subject) if os.path.isabs(e.subject) and not os.path.relpath(e.subject).startswith("..")
+             else e.subject for e in entries]
+    _item_column(table, "item", names)
+    for e, name in zip(entries, names):
+        kept = "PDQ" if e.pdq else "hashes" + (f", {count(len(e.fingerprint.layers), 'layer')}" if e.fingerprint else "")
+        table.add_row(str(e.id), e.notice, e.character or "-", e.created[:16].replace("T", " "), kept, name)
+    out.print(table)
+    out.print(count(len(entries), "entry", "entries") + f" under {count(len({e.notice for e in entries}), 'notice')}",
+              highlight=False)
+
+
+def print_scan_summary(verdicts: Sequence[Verdict], title: str = "items needing action") -> None:
+    """Flagged and blocked items, then counts by action and by character or notice."""
     noteworthy = [v for v in verdicts if v.action is not Action.ALLOW or v.error]
     if noteworthy:
-        title, names = short_names(noteworthy, "model files needing action")
+        title, names = short_names(noteworthy, title)
         table = Table(title=title)
-        for column in ("file", "action", "format", "findings"):
+        _item_column(table, "item", names)
+        for column in ("action", "kind", "findings"):
             table.add_column(column, overflow="fold")
         for v, name in zip(noteworthy, names):
-            fmt = f"{v.facts.get('format', '?')} / {v.facts.get('base_model') or '?'}"
+            fmt = _kind(v)
             findings = "\n".join(summarise(f) for f in v.findings[:6]) or (f"guard error: {v.error}" if v.error else "-")
             table.add_row(name, f"[{_STYLE[v.action]}]{v.action.value}[/]", fmt, findings)
         out.print(table)
@@ -108,11 +177,20 @@ def print_scan_summary(verdicts: Sequence[Verdict]) -> None:
         for subject in {f.subject for f in v.findings if f.action is not Action.ALLOW}:
             by_subject[subject] = by_subject.get(subject, 0) + 1
     counts = {a: sum(v.action is a for v in verdicts) for a in Action}
-    noun = "file" if len(verdicts) == 1 else "files"
-    out.print(f"{len(verdicts)} {noun}: " + " · ".join(f"{counts[a]} {a.value}" for a in Action))
+    noun = "file" if all(v.surface.value == "model_file" for v in verdicts) else "item"
+    out.print(f"{count(len(verdicts), noun)}: " + " · ".join(f"{counts[a]} {a.value}" for a in Action))
     if by_subject:
         out.print("by character / rule: " + ", ".join(f"{k} {n}" for k, n in sorted(by_subject.items(),
                                                                                    key=lambda kv: -kv[1])))
+
+
+def _kind(v: Verdict) -> str:
+    """What an item is, as far as the guard read it: ``lora / sdxl`` for a model file, the
+    surface otherwise (never ``? / ?``)."""
+    if v.surface.value != "model_file":
+        return v.surface.value.replace("_", " ")
+    parts = [p for p in (v.facts.get("format"), v.facts.get("base_model")) if p]
+    return " / ".join(parts) or "model file (not read)"
 
 
 @contextmanager
