@@ -18,12 +18,13 @@ exemplars as the queries.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
-from guard.match.embedding import CHUNK_ROWS, EmbeddingIndex
+from guard.match.embedding import CHUNK_ROWS, KERNELS, EmbeddingIndex
 from guard.policy import Policy
 from guard.testing.synthetic import clustered_embeddings
 from guard.verdict import Signal, Surface
@@ -62,10 +63,18 @@ def own_bank(path: str, batch: int):
     return {path: (emb, owner, emb[picks].float())}
 
 
-def measure(emb: torch.Tensor, owner: torch.Tensor, queries: torch.Tensor, floor: float, repeat: int) -> dict:
-    started = time.perf_counter()
-    index = EmbeddingIndex(emb, owner)
-    build_s = time.perf_counter() - started
+def measure(emb: torch.Tensor, owner: torch.Tensor, queries: torch.Tensor, floor: float, repeat: int,
+            kernel: str | None = None) -> dict:
+    """One index (``kernel`` forced through GUARD_MATCH_KERNEL, or as measured) against the
+    plain product, in this run."""
+    if kernel:
+        os.environ["GUARD_MATCH_KERNEL"] = kernel
+    try:
+        started = time.perf_counter()
+        index = EmbeddingIndex(emb, owner)
+        build_s = time.perf_counter() - started
+    finally:
+        os.environ.pop("GUARD_MATCH_KERNEL", None)
     guard_ms, found = timed(lambda: index.search(queries, floor), repeat)
     one_ms, _ = timed(lambda: index.search(queries[:1], floor), repeat)
     emb32, n_owners = emb.float(), int(owner.max()) + 1
@@ -80,7 +89,8 @@ def measure(emb: torch.Tensor, owner: torch.Tensor, queries: torch.Tensor, floor
                 for i, row in enumerate(found))
     kept = index.coarse_kept(queries, floor)
     return {"guard": guard_ms, "one": one_ms, "plain": plain_ms, "agree": agree, "build": build_s,
-            "matches": sum(map(len, found)), "kept": None if kept is None else kept / emb.shape[0]}
+            "matches": sum(map(len, found)), "kept": None if kept is None else kept / emb.shape[0],
+            "kernel": index.kernel}
 
 
 def main() -> None:
@@ -97,6 +107,11 @@ def main() -> None:
     banks = own_bank(args.bank, args.batch) if args.bank else \
         synthetic_banks(args.exemplars, args.dim, args.batch, args.per_character)
     results = {name: measure(*bank, floor, args.repeat) for name, bank in banks.items()}
+    from guard.match.embedding import int8_product_available
+
+    runnable = [k for k in KERNELS if k != "int8" or int8_product_available()]
+    per_kernel = {(name, k): measure(*bank, floor, max(3, args.repeat // 3), k)
+                  for name, bank in banks.items() for k in runnable if k != results[name]["kernel"]}
 
     # For comparison: one read of the fp16 matrix, and the bare full-width products at the
     # lowest precisions this CPU's kernels offer (bf16; int8 where torch has _int_mm).
@@ -120,14 +135,19 @@ def main() -> None:
 
     print(f"device: CPU, {torch.get_num_threads()} threads; batch {args.batch}, "
           f"floor {floor:.2f} (default policy); kernel chosen on this CPU: {kernel_for(banks[next(iter(banks))][0].shape[1])}"
-          " (GUARD_MATCH_KERNEL=int8|fp32 forces one)")
+          " (GUARD_MATCH_KERNEL=int8|coarse32|fp32 forces one)")
     for name, (emb, owner, _), r in ((n, banks[n], results[n]) for n in banks):
         kept = "no coarse stage" if r["kept"] is None else f"coarse stage kept {r['kept']:.1%} of the rows"
         print(f"{name} bank ({emb.shape[0]} x {emb.shape[1]}, {int(owner.max()) + 1} characters): "
               f"guard EmbeddingIndex.search {r['guard']:.1f} ms per batch (goal <= 20 ms); "
               f"plain fp32 product + max {r['plain']:.1f} ms; speed-up {r['plain'] / r['guard']:.2f}x; "
               f"{r['matches']} matches, the same: {r['agree']}; one query alone {r['one']:.1f} ms; "
-              f"{kept}; index built in {r['build']:.2f} s")
+              f"{kept}; index built in {r['build']:.2f} s; kernel {r['kernel']} (chosen)")
+        for kernel in runnable:
+            k = r if kernel == r["kernel"] else per_kernel[(name, kernel)]
+            print(f"  kernel {kernel:<8}{' (chosen)' if kernel == r['kernel'] else '         '} "
+                  f"{k['guard']:8.1f} ms per batch, {k['plain'] / k['guard']:5.2f}x the plain fp32 product "
+                  f"({k['plain']:.1f} ms in the same run); same matches: {k['agree']}; built in {k['build']:.2f} s")
     print(f"for comparison: reading the fp16 matrix once {read_ms:.1f} ms; bare full-width product "
           f"bf16 {bf16_ms:.1f} ms" + (f", int8 {int8_ms:.1f} ms" if int8_ms is not None else ""))
 

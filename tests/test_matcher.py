@@ -197,9 +197,9 @@ def test_dimension_mismatch_is_named():
         EmbeddingIndex(unit(4, 8, 0), torch.arange(4)).search(unit(1, 16, 0), 0.5)
 
 
-@pytest.mark.parametrize("kernel", ["int8", "fp32"])
+@pytest.mark.parametrize("kernel", ["int8", "coarse32", "fp32"])
 def test_each_kernel_equals_the_definition(monkeypatch, kernel):
-    """GUARD_MATCH_KERNEL forces a kernel: both give the definition's matches, at every floor."""
+    """GUARD_MATCH_KERNEL forces a kernel: each gives the definition's matches, at every floor."""
     from guard.match.embedding import int8_product_available, kernel_for
 
     monkeypatch.setenv("GUARD_MATCH_KERNEL", kernel)
@@ -217,6 +217,26 @@ def test_each_kernel_equals_the_definition(monkeypatch, kernel):
     index = EmbeddingIndex(e, owner)
     assert index.kernel == kernel
     for floor in (0.2, 0.5, 0.9):
+        assert_same(index.search(q, floor), reference(q, e, owner, floor))
+    if kernel == "coarse32":  # a floor low enough that the coarse stage keeps everything pauses it: still exact
+        for floor in (-0.5, 0.05, 0.9):
+            assert_same(index.search(q, floor), reference(q, e, owner, floor))
+
+
+def test_the_float_coarse_stage_is_exact_on_a_clustered_bank(monkeypatch):
+    """coarse32 on CLIP-like rows (a shared direction, a decaying spectrum), where the bound
+    is tight and most rows are dismissed: the same matches as the definition at every floor."""
+    from guard.testing.synthetic import clustered_embeddings
+
+    monkeypatch.setenv("GUARD_MATCH_KERNEL", "coarse32")
+    size, d = PRESELECT_FROM + 1000, 768
+    bank = clustered_embeddings(size + 8, d, 10, seed=2)
+    e, owner = bank[:size].half(), torch.arange(size) // 10
+    q = torch.nn.functional.normalize(torch.cat([e[[3, 5000, size - 1]].float() + 0.04 * bank[size:size + 3],
+                                                 bank[size + 3:]]), dim=1)
+    index = EmbeddingIndex(e, owner)
+    assert index.kernel == "coarse32" and index.coarse_kept(q, 0.8) < size // 4
+    for floor in (0.3, 0.6, 0.8, 0.95):
         assert_same(index.search(q, floor), reference(q, e, owner, floor))
 
 

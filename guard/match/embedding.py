@@ -17,8 +17,10 @@ become findings, so large banks are searched in two steps:
 Which kernel runs is measured, not assumed: int8 products are fast where the CPU has VNNI
 (or AMX) and no faster than float32 on AVX2-only CPUs, where the bound would only add work.
 `kernel_for` times both on a small sample once per process and the index uses int8 only
-where it is clearly faster; otherwise it searches with the plain float32 product (exact by
-definition, never slower than itself). ``GUARD_MATCH_KERNEL=int8|fp32`` forces one.
+where it is clearly faster. Elsewhere a wide bank gets ``coarse32``: the coarse stage below
+in float32 (a third of the full product's work, bounded the same way), then the kept pairs
+rescored exactly; a narrow or small bank, or a coarse stage that stops paying, gets the plain
+float32 product (exact by definition). ``GUARD_MATCH_KERNEL=int8|coarse32|fp32`` forces one.
 
 Wide banks first run a coarse stage (`_Coarse`): the same bound over a third of the
 width, the bank's principal directions plus one coordinate holding each vector's residual
@@ -41,7 +43,7 @@ from guard.errors import ConfigError
 
 #: The int8 kernel is used where its product is at least this much faster than float32's.
 INT8_WINS_FROM = 1.5
-KERNELS = ("int8", "fp32")
+KERNELS = ("int8", "coarse32", "fp32")
 
 #: Banks smaller than this are searched with one float32 product (faster for them).
 PRESELECT_FROM = 16_384
@@ -77,7 +79,7 @@ def int8_product_available() -> bool:
 def _measured_kernel(dim: int) -> str:
     """The faster kernel on this CPU for ``dim``-wide rows: a few milliseconds, once."""
     if not int8_product_available():
-        return "fp32"
+        return "coarse32"
     g = torch.Generator().manual_seed(0)
     rows, queries = torch.randn(4096, dim, generator=g), torch.randn(64, dim, generator=g)
     rows8, queries8 = rows.clamp(-1, 1).mul(127).round().to(torch.int8), \
@@ -94,7 +96,7 @@ def _measured_kernel(dim: int) -> str:
         return min(times)
 
     fp32, int8 = best(lambda: rows @ queries32), best(lambda: torch._int_mm(rows8, queries8))
-    return "int8" if fp32 >= INT8_WINS_FROM * int8 else "fp32"
+    return "int8" if fp32 >= INT8_WINS_FROM * int8 else "coarse32"
 
 
 def kernel_for(dim: int) -> str:
@@ -208,7 +210,7 @@ class _Coarse:
     must be short or its unrelated scores far below the floor.
     """
 
-    def __init__(self, rows: torch.Tensor, dim: int):
+    def __init__(self, rows: torch.Tensor, dim: int, quantise: bool = True):
         # Float32 error (Higham's bound, n u per product of length n, unit vectors): ``P'x``
         # is off by at most D u sqrt(dim) in length (7e-4 for 768 -> 256), so a short product
         # by twice that and ``|x|^2 - |P'x|^2`` by about as much. The first comes off the
@@ -223,7 +225,9 @@ class _Coarse:
         for start in range(0, rows.shape[0], _BUILD_ROWS):
             x = rows[start:start + _BUILD_ROWS].float()
             short[start:start + x.shape[0]] = self._shorten(x)
-        self.rows = _Int8Rows(short)
+        # int8 where int8 products are fast; float32 (exact but for rounding) elsewhere.
+        self.rows = _Int8Rows(short) if quantise else None
+        self.short = None if quantise else short
 
     def _shorten(self, x: torch.Tensor) -> torch.Tensor:
         low = x @ self.basis
@@ -231,7 +235,25 @@ class _Coarse:
         return torch.cat([low, residual[:, None]], 1)
 
     def candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rows.candidates(self._shorten(q), floor - self.slack)
+        if self.rows is not None:
+            return self.rows.candidates(self._shorten(q), floor - self.slack)
+        return _float_candidates(self.short, self._shorten(q), floor - self.slack - _FP32_SLACK)
+
+
+def _float_candidates(rows: torch.Tensor, q: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, row) pairs whose float32 product reaches ``threshold``, in cache-sized chunks."""
+    qt = q.T.contiguous()
+    parts = []
+    for start in range(0, rows.shape[0], CHUNK_ROWS):
+        block = rows[start:start + CHUNK_ROWS] @ qt  # [rows, B]
+        near = (block.amax(1) >= threshold).nonzero().flatten()
+        if near.numel():
+            ri, qi = (block[near] >= threshold).nonzero(as_tuple=True)
+            parts.append((qi, near[ri] + start))
+    if not parts:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    qi, ei = (torch.cat(p) for p in zip(*parts))
+    return qi, ei
 
 
 class EmbeddingIndex:
@@ -245,8 +267,9 @@ class EmbeddingIndex:
             for banks at least `COARSE_FROM_DIM` wide; 0: none).
 
     Attributes:
-        kernel: ``"int8"`` (bound, then exact rescoring) or ``"fp32"`` (the exact product),
-            as `kernel_for` chose it for this CPU; small banks always use ``"fp32"``.
+        kernel: ``"int8"`` (int8 bounds, then exact rescoring), ``"coarse32"`` (a float32
+            bound over a third of the width, then exact rescoring) or ``"fp32"`` (the exact
+            product), as `kernel_for` chose it for this CPU; small or narrow banks use ``"fp32"``.
     """
 
     def __init__(self, embeddings: torch.Tensor, owner: torch.Tensor, preselect_from: int = PRESELECT_FROM,
@@ -257,12 +280,18 @@ class EmbeddingIndex:
         self.owner = owner.long()
         self._owners = int(self.owner.max()) + 1 if self.size else 0
         self._exact = embeddings
-        use_int8 = self.size >= preselect_from and kernel_for(self.dim) == "int8"
-        self.kernel = "int8" if use_int8 else "fp32"
-        self._int8 = _Int8Rows(embeddings) if use_int8 else None
         if coarse_dim is None:
             coarse_dim = self.dim // 3 // 32 * 32 if self.dim >= COARSE_FROM_DIM else 0  # 768 -> 256
-        self._coarse = _Coarse(embeddings, coarse_dim) if use_int8 and 1 < coarse_dim < self.dim else None
+        chosen = kernel_for(self.dim) if self.size >= preselect_from else "fp32"
+        if chosen == "coarse32" and not 1 < coarse_dim < self.dim:
+            chosen = "fp32"  # too narrow for a coarse stage
+        self.kernel = chosen
+        # The plain product reads float32 rows: converting fp16 chunks at every search made it
+        # slower than the definition it stands for. (The other kernels rescore few rows.)
+        self._exact32 = embeddings.float() if chosen == "fp32" else None
+        self._int8 = _Int8Rows(embeddings) if chosen == "int8" else None
+        self._coarse = (_Coarse(embeddings, coarse_dim, quantise=chosen == "int8")
+                        if chosen != "fp32" and 1 < coarse_dim < self.dim else None)
         self._coarse_pause = 0
 
     def search(self, queries: torch.Tensor, floor: float) -> list[list[Match]]:
@@ -278,9 +307,15 @@ class EmbeddingIndex:
             raise ValueError(f"query dimension {q.shape[1]} does not match the bank dimension {self.dim}")
         if not torch.isfinite(q).all():  # NaN compares false with every floor: it would match nothing
             raise ValueError("a query embedding holds NaN or infinite values (an fp16 overflow in the encoder?)")
-        if self._int8 is None:
+        if self.kernel == "fp32":
             return self._best_per_owner(n, *self._full_product(q, floor))
-        qi, ei = self._candidates(q, floor)
+        if self.kernel == "coarse32":
+            pairs = self._coarse_pairs(q, floor)
+            if pairs is None:  # the coarse stage is not paying on this bank: the plain product
+                return self._best_per_owner(n, *self._full_product(q, floor))
+            qi, ei = pairs
+        else:
+            qi, ei = self._candidates(q, floor)
         scores = self._rescore(q, qi, ei)
         keep = scores >= floor
         return self._best_per_owner(n, qi[keep], ei[keep], scores[keep])
@@ -304,10 +339,22 @@ class EmbeddingIndex:
             self._coarse_pause -= 1
         return self._int8.candidates(q, floor)
 
+    def _coarse_pairs(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The float32 coarse stage's pairs, or ``None`` while it is paused (it kept too many)."""
+        if self._coarse_pause:
+            self._coarse_pause -= 1
+            return None
+        qi, ei = self._coarse.candidates(q, floor)
+        if ei.unique().numel() > _COARSE_KEEPS_AT_MOST * self.size:
+            self._coarse_pause = _COARSE_PAUSE
+            return None
+        return qi, ei
+
     def _full_product(self, q: torch.Tensor, floor: float):
         parts = []
+        rows = self._exact32 if self._exact32 is not None else self._exact
         for start in range(0, self.size, CHUNK_ROWS):
-            block = q @ self._exact[start:start + CHUNK_ROWS].float().T  # [B, rows]
+            block = q @ rows[start:start + CHUNK_ROWS].float().T  # [B, rows]
             qi, ei = (block >= floor).nonzero(as_tuple=True)
             parts.append((qi, ei + start, block[qi, ei]))
         qi, ei, scores = (torch.cat(p) for p in zip(*parts))
