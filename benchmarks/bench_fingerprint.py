@@ -143,6 +143,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--takedowns", type=int, default=23)
     parser.add_argument("--unrelated", type=int, default=1000)
+    parser.add_argument("--scores", help="also write every score (per recipe, and the unrelated) to this JSON file, "
+                                         "for calibrating the policy's thresholds")
     args = parser.parse_args()
     policy = Policy.load()
     layers = policy.layers(Signal.FINGERPRINT, Surface.MODEL_FILE)
@@ -198,6 +200,10 @@ def main() -> None:
           f"{false} at or above the flag threshold; highest score {max(cross):.3f}; highest agreement "
           f"{margin.agreement:.3f} ({margin.agreement / margin.chance * 4:.1f} standard errors of chance)")
     print(f"({time.perf_counter() - started:.0f} s)")
+    if args.scores:
+        import json
+
+        Path(args.scores).write_text(json.dumps({"recipes": rows, "unrelated": cross}), encoding="utf-8")
 
 
 if __name__ == "__main__":

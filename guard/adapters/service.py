@@ -185,11 +185,16 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
     return app
 
 
-def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8080, **options: Any) -> None:
-    """Run the service until interrupted (uvicorn, one process: the guard's models load once)."""
+def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8080, log_config: str | None = "default",
+          **options: Any) -> None:
+    """Run the service until interrupted (uvicorn, one process: the guard's models load once).
+    ``log_config=None`` leaves logging as the caller set it up (e.g. JSON lines); "default"
+    is uvicorn's own text format."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
-    uvicorn.run(create_app(guard, **options), host=host, port=port, log_level="info")
+    kwargs = {"log_config": LOGGING_CONFIG} if log_config == "default" else {"log_config": None}
+    uvicorn.run(create_app(guard, **options), host=host, port=port, log_level="info", **kwargs)
 
 
 # Helpers -------------------------------------------------------------------------------------

@@ -89,8 +89,11 @@ def _guard(args, bank_needed: bool = True) -> Guard:
              guard.versions["bank"])
     log.info("policy %s (sha256 %s); state %s", policy or "shipped default", guard.versions["policy"],
              args.state or "none (nothing recorded)")
-    if not guard.encoder_meaningful and not args.json:
-        err.print(f"[yellow]encoder: {guard.versions['encoder']}[/]", highlight=False)
+    if not guard.encoder_meaningful:
+        if args.log_format == "json":
+            log.warning("encoder: %s", guard.versions["encoder"])
+        elif not args.json:
+            err.print(f"[yellow]encoder: {guard.versions['encoder']}[/]", highlight=False)
     return guard
 
 
@@ -257,7 +260,9 @@ def cmd_serve(args) -> int:
             raise ConfigError(f"--token-file {args.token_file}: {exc}") from None
     if token is not None and len(token) < 16:
         raise ConfigError("the token is shorter than 16 characters")
-    serve(_guard(args), args.host, args.port, allow_paths=args.allow_path, token=token, **limits)
+    # JSON logs: uvicorn's own (access lines included) go through the same JSON handler.
+    serve(_guard(args), args.host, args.port, allow_paths=args.allow_path, token=token,
+          log_config=None if args.log_format == "json" else "default", **limits)
     return EXIT_OK
 
 
