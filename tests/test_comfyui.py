@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from guard import Guard
 from guard.state import AuditLog
 from guard.testing import loras as L
-from guard.testing.comfyui import comfyui_source
+from guard.testing.comfyui import comfyui_source, write_tiny_sd15_checkpoint
 from tests.canaries import payloads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +151,7 @@ def comfy(tmp_path_factory):
     evil = payloads(marker)["os.system p2"]
     (base / "models/checkpoints/base_model.ckpt").write_bytes(evil)
     (hidden / "payload.ckpt").write_bytes(evil)
+    write_tiny_sd15_checkpoint(base / "models/checkpoints/tiny_sd15.safetensors")
     shutil.copy(ROOT / "examples/demo_uploads/exact_ultraman_reference.png", base / "input/ref_001.png")
     shutil.copy(ROOT / "examples/demo_uploads/unrelated_1.png", base / "input/photo_7.png")
     (base / "custom_nodes/guard_test_nodes").mkdir()
@@ -263,6 +264,40 @@ def test_an_unrelated_output_and_a_clean_workflow_run_as_without_the_guard(comfy
     assert "diffusion_guard" not in body.get("node_errors", {})
     code, body, prompt_id = comfy.post({"1": graph["1"], **_save(["1", 0])})
     assert code == 200 and comfy.history(prompt_id)["status"]["status_str"] == "success"
+
+
+def _txt2img(positive: str) -> dict:
+    """ComfyUI's default text-to-image graph, on the tiny SD1.5 checkpoint, 64x64, 2 steps."""
+    return {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["4", 1]}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, pikachu", "clip": ["4", 1]}},
+            "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+                                                       "latent_image": ["5", 0], "seed": 7, "steps": 2, "cfg": 7.0,
+                                                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            **_save(["8", 0])}
+
+
+def test_a_full_text_to_image_run_through_the_real_sampler(comfy):
+    """Checkpoint loader, CLIP text encoders, KSampler, VAE decode, SaveImage: ComfyUI's own
+    nodes on a checkpoint its model detection reads as SD1.5, with the guard on throughout."""
+    code, body, prompt_id = comfy.post(_txt2img("a lighthouse on a cliff at dawn"), account="acct-t2i")
+    assert code == 200, body
+    history = comfy.history(prompt_id, wait=240)
+    assert history["status"]["status_str"] == "success", history["status"]
+    [verdict] = history["outputs"]["9"]["diffusion_guard"]
+    assert verdict["action"] == "allow" and "SaveImage.images" in verdict["subject"]
+    written = Image.open(_output_file(comfy, history))
+    assert written.size == (64, 64)  # the sampler's image, written: not a placeholder
+    rows = [r for r in AuditLog(comfy.state).rows() if r["account"] == "acct-t2i"]
+    assert {r["surface"] for r in rows} >= {"workflow", "generated_image"}
+    [workflow] = [json.loads(r["verdict"]) for r in rows if r["surface"] == "workflow"]
+    assert workflow["action"] == "allow"
+    # the same graph with a character in the positive prompt never reaches the sampler
+    code, body, prompt_id = comfy.post(_txt2img("pikachu on a cliff at dawn"), account="acct-t2i")
+    assert code == 400 and "pikachu" in _refusal(body) and "node 6" in _refusal(body)
+    assert comfy.history(prompt_id, wait=1) == {}
 
 
 def test_every_decision_is_in_the_audit_log_with_the_account(comfy):
