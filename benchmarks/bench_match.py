@@ -64,25 +64,27 @@ def own_bank(path: str, batch: int):
 
 
 def measure(emb: torch.Tensor, owner: torch.Tensor, queries: torch.Tensor, floor: float, repeat: int,
-            kernel: str | None = None) -> dict:
+            kernel: str | None = None, device: str = "cpu") -> dict:
     """One index (``kernel`` forced through GUARD_MATCH_KERNEL, or as measured) against the
     plain product, in this run."""
     if kernel:
         os.environ["GUARD_MATCH_KERNEL"] = kernel
     try:
         started = time.perf_counter()
-        index = EmbeddingIndex(emb, owner)
+        index = EmbeddingIndex(emb, owner, device=device)
         build_s = time.perf_counter() - started
     finally:
         os.environ.pop("GUARD_MATCH_KERNEL", None)
     guard_ms, found = timed(lambda: index.search(queries, floor), repeat)
     one_ms, _ = timed(lambda: index.search(queries[:1], floor), repeat)
-    emb32, n_owners = emb.float(), int(owner.max()) + 1
+    emb32, n_owners = emb.to(device, torch.float32), int(owner.max()) + 1
+    qd, od = queries.to(device), owner.to(device)
 
     def plain():
-        sim = queries @ emb32.T
-        return torch.full((queries.shape[0], n_owners), -2.0).scatter_reduce(
-            1, owner.expand(queries.shape[0], -1), sim, "amax")
+        sim = qd @ emb32.T
+        best = torch.full((queries.shape[0], n_owners), -2.0, device=device).scatter_reduce(
+            1, od.expand(queries.shape[0], -1), sim, "amax")
+        return best.cpu()  # synchronises a GPU: the time is the answer's
 
     plain_ms, per_owner = timed(plain, max(3, repeat // 3))
     agree = all({m.owner for m in row} == set((per_owner[i] >= floor).nonzero().flatten().tolist())
@@ -101,16 +103,20 @@ def main() -> None:
     parser.add_argument("--per-character", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--bank", help="measure this bank file instead of the synthetic ones")
+    parser.add_argument("--device", default="cpu", help="cuda: the index on the GPU (its fp16 kernel), against the "
+                                                        "plain fp32 product on the same device")
     args = parser.parse_args()
 
     floor = Policy.load().lowest_threshold(Signal.CLIP_IMAGE, Surface.GENERATED_IMAGE, None)
     banks = own_bank(args.bank, args.batch) if args.bank else \
         synthetic_banks(args.exemplars, args.dim, args.batch, args.per_character)
-    results = {name: measure(*bank, floor, args.repeat) for name, bank in banks.items()}
+    results = {name: measure(*bank, floor, args.repeat, device=args.device) for name, bank in banks.items()}
     from guard.match.embedding import int8_product_available
 
-    runnable = [k for k in KERNELS if k != "int8" or int8_product_available()]
-    per_kernel = {(name, k): measure(*bank, floor, max(3, args.repeat // 3), k)
+    runnable = [k for k in KERNELS if (k != "int8" or int8_product_available()) and (k != "fp16" or args.device != "cpu")]
+    if args.device != "cpu":
+        runnable = ["fp16"]
+    per_kernel = {(name, k): measure(*bank, floor, max(3, args.repeat // 3), k, args.device)
                   for name, bank in banks.items() for k in runnable if k != results[name]["kernel"]}
 
     # For comparison: one read of the fp16 matrix, and the bare full-width products at the
@@ -133,9 +139,9 @@ def main() -> None:
 
     from guard.match.embedding import kernel_for
 
-    print(f"device: CPU, {torch.get_num_threads()} threads; batch {args.batch}, "
+    print(f"device: {args.device if args.device != 'cpu' else 'CPU'}, {torch.get_num_threads()} CPU threads; batch {args.batch}, "
           f"floor {floor:.2f} (default policy); kernel chosen on this CPU: {kernel_for(banks[next(iter(banks))][0].shape[1])}"
-          " (GUARD_MATCH_KERNEL=int8|coarse32|fp32 forces one)")
+          " (GUARD_MATCH_KERNEL=int8|coarse32|fp32|fp16 forces one)")
     for name, (emb, owner, _), r in ((n, banks[n], results[n]) for n in banks):
         kept = "no coarse stage" if r["kept"] is None else f"coarse stage kept {r['kept']:.1%} of the rows"
         print(f"{name} bank ({emb.shape[0]} x {emb.shape[1]}, {int(owner.max()) + 1} characters): "

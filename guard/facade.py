@@ -102,14 +102,14 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
         from guard.match.embedding import EmbeddingIndex
 
         emb, owner, ref = self.bank.image_matrix()
-        return EmbeddingIndex(emb, owner), ref
+        return EmbeddingIndex(emb, owner, device=_device(self.encoder)), ref
 
     @functools.cached_property
     def _text_search(self):
         from guard.match.embedding import EmbeddingIndex
 
         emb, owner = self.bank.text_matrix()
-        return EmbeddingIndex(emb, owner), [t for c in self._characters for t in self.bank.entry(c.id).texts]
+        return EmbeddingIndex(emb, owner, device=_device(self.encoder)), [t for c in self._characters for t in self.bank.entry(c.id).texts]
 
     def reopen_state(self) -> None:
         """Open new connections to the state folder: a process forked from this one must not
@@ -302,6 +302,12 @@ class Guard(ImageChecks, TextChecks, ModelFileChecks, BundleChecks, WorkflowChec
         return Finding("unreadable", Signal.FORMAT, 1.0, None, self.policy.rule(Signal.FORMAT, surface),
                        {"reason": reason, **evidence})
 
+
+
+def _device(encoder) -> str | None:
+    """The encoder's device: the index searches where the queries are made (a GPU: fp16)."""
+    device = getattr(encoder, "device", None)
+    return None if device is None else str(device)
 
 
 def _encoder_for_bank(bank: Bank, options: Mapping[str, Any]):

@@ -197,7 +197,7 @@ def test_dimension_mismatch_is_named():
         EmbeddingIndex(unit(4, 8, 0), torch.arange(4)).search(unit(1, 16, 0), 0.5)
 
 
-@pytest.mark.parametrize("kernel", ["int8", "coarse32", "fp32"])
+@pytest.mark.parametrize("kernel", ["int8", "coarse32", "fp32", "fp16"])
 def test_each_kernel_equals_the_definition(monkeypatch, kernel):
     """GUARD_MATCH_KERNEL forces a kernel: each gives the definition's matches, at every floor."""
     from guard.match.embedding import int8_product_available, kernel_for

@@ -20,7 +20,9 @@ Which kernel runs is measured, not assumed: int8 products are fast where the CPU
 where it is clearly faster. Elsewhere a wide bank gets ``coarse32``: the coarse stage below
 in float32 (a third of the full product's work, bounded the same way), then the kept pairs
 rescored exactly; a narrow or small bank, or a coarse stage that stops paying, gets the plain
-float32 product (exact by definition). ``GUARD_MATCH_KERNEL=int8|coarse32|fp32`` forces one.
+float32 product (exact by definition). An index on a GPU (``device``: the encoder's) uses ``fp16``: the rows on the
+device, one fp16 product per chunk for candidates within `_FP16_SLACK` of the floor, then
+exact float32 rescoring. ``GUARD_MATCH_KERNEL=int8|coarse32|fp32|fp16`` forces one.
 
 Wide banks first run a coarse stage (`_Coarse`): the same bound over a third of the
 width, the bank's principal directions plus one coordinate holding each vector's residual
@@ -43,7 +45,11 @@ from guard.errors import ConfigError
 
 #: The int8 kernel is used where its product is at least this much faster than float32's.
 INT8_WINS_FROM = 1.5
-KERNELS = ("int8", "coarse32", "fp32")
+KERNELS = ("int8", "coarse32", "fp32", "fp16")
+#: The fp16 kernel's candidates come within this of the floor: its product rounds the query to
+#: fp16 (at most 2**-11 of a unit vector) and may accumulate in reduced precision on a GPU;
+#: every candidate is rescored exactly in float32 from the stored rows, so this is speed only.
+_FP16_SLACK = 1e-2
 
 #: Banks smaller than this are searched with one float32 product (faster for them).
 PRESELECT_FROM = 16_384
@@ -273,7 +279,7 @@ class EmbeddingIndex:
     """
 
     def __init__(self, embeddings: torch.Tensor, owner: torch.Tensor, preselect_from: int = PRESELECT_FROM,
-                 coarse_dim: int | None = None):
+                 coarse_dim: int | None = None, device: str | torch.device | None = None):
         if embeddings.ndim != 2 or owner.shape != (embeddings.shape[0],):
             raise ValueError(f"embeddings {tuple(embeddings.shape)} and owner {tuple(owner.shape)} do not fit")
         self.size, self.dim = embeddings.shape
@@ -282,13 +288,18 @@ class EmbeddingIndex:
         self._exact = embeddings
         if coarse_dim is None:
             coarse_dim = self.dim // 3 // 32 * 32 if self.dim >= COARSE_FROM_DIM else 0  # 768 -> 256
-        chosen = kernel_for(self.dim) if self.size >= preselect_from else "fp32"
+        self.device = torch.device(device or "cpu")
+        if self.device.type != "cpu" and not os.environ.get("GUARD_MATCH_KERNEL"):
+            chosen = "fp16"  # a GPU: its fp16 products are the fast ones, whatever the bank's size
+        else:
+            chosen = kernel_for(self.dim) if self.size >= preselect_from else "fp32"
         if chosen == "coarse32" and not 1 < coarse_dim < self.dim:
             chosen = "fp32"  # too narrow for a coarse stage
         self.kernel = chosen
         # The plain product reads float32 rows: converting fp16 chunks at every search made it
         # slower than the definition it stands for. (The other kernels rescore few rows.)
         self._exact32 = embeddings.float() if chosen == "fp32" else None
+        self._device_rows = embeddings.to(self.device, torch.float16) if chosen == "fp16" else None
         self._int8 = _Int8Rows(embeddings) if chosen == "int8" else None
         self._coarse = (_Coarse(embeddings, coarse_dim, quantise=chosen == "int8")
                         if chosen != "fp32" and 1 < coarse_dim < self.dim else None)
@@ -309,7 +320,9 @@ class EmbeddingIndex:
             raise ValueError("a query embedding holds NaN or infinite values (an fp16 overflow in the encoder?)")
         if self.kernel == "fp32":
             return self._best_per_owner(n, *self._full_product(q, floor))
-        if self.kernel == "coarse32":
+        if self.kernel == "fp16":
+            qi, ei = self._fp16_candidates(q, floor)
+        elif self.kernel == "coarse32":
             pairs = self._coarse_pairs(q, floor)
             if pairs is None:  # the coarse stage is not paying on this bank: the plain product
                 return self._best_per_owner(n, *self._full_product(q, floor))
@@ -348,6 +361,18 @@ class EmbeddingIndex:
         if ei.unique().numel() > _COARSE_KEEPS_AT_MOST * self.size:
             self._coarse_pause = _COARSE_PAUSE
             return None
+        return qi, ei
+
+    def _fp16_candidates(self, q: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pairs whose fp16 product on the device comes within `_FP16_SLACK` of the floor."""
+        qd = q.to(self.device, torch.float16).T.contiguous()
+        rows, threshold, parts = self._device_rows, floor - _FP16_SLACK, []
+        step = CHUNK_ROWS * (8 if self.device.type != "cpu" else 1)  # a GPU takes larger blocks at once
+        for start in range(0, self.size, step):
+            block = rows[start:start + step] @ qd
+            ri, qi = (block.float() >= threshold).nonzero(as_tuple=True)
+            parts.append((qi.cpu(), ri.cpu() + start))
+        qi, ei = (torch.cat(p) for p in zip(*parts))
         return qi, ei
 
     def _full_product(self, q: torch.Tensor, floor: float):
