@@ -336,3 +336,12 @@ def test_the_service_logs_json_lines_its_access_lines_included(work):
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is JSON
     assert any(line["logger"] == "uvicorn.access" and "/healthz" in line["message"] for line in lines)
     assert any(line["message"].startswith("encoder: tiny-test") for line in lines)
+
+
+def test_taking_the_same_file_down_twice_under_one_notice_keeps_one_entry(work):
+    shutil.copy(DEMO_MODELS / "hero_style_v2.safetensors", work / "hero.safetensors")
+    for notice in ("N-1", "N-1", "N-2"):
+        assert guard_cli("takedown", "add", "hero.safetensors", "--notice", notice, "--state", "state", cwd=work)[0] == 0
+    code, out, _ = guard_cli("takedown", "list", "--json", "--state", "state", cwd=work)
+    assert code == 0 and [json.loads(line)["notice"] for line in out.splitlines()] == ["N-1", "N-2"]
+    assert guard_cli("audit", "verify", "--state", "state", cwd=work)[0] == 0

@@ -99,9 +99,15 @@ class TakedownList:
             subject: str | None = None, sha256: str | None = None, tensor_sha256: str | None = None,
             fingerprint: Fingerprint | None = None, pdq: bytes | None = None,
             pdq_quality: int | None = None, operator: str | None = None) -> Takedown:
-        """Add an entry; the audit chain records it (``operator``: who did it)."""
+        """Add an entry; the audit chain records it (``operator``: who did it). The same file
+        taken down again under the same notice returns the entry it already has (a retried
+        command must not double the list); under another notice it is a new entry."""
         if not notice:
             raise ValueError("notice must name the takedown notice (e.g. its ticket id)")
+        if sha256:
+            same = [t for t in self.entries() if t.notice == notice and t.sha256 == sha256]
+            if same:
+                return same[0]
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._lock, self._db:
             cur = self._db.execute(
