@@ -305,21 +305,28 @@ class TextMatcher:
         lo, hi = self._fuzzy_len
         near = _near_names()
         found = []
+        # A window holding a word with digits or symbols is never a misspelling: such a word
+        # ends every window that reaches it (checked once per word, not per window).
+        alpha = [w.isalpha() for w in words]
+        shortest_variant = GLUE_FROM - 2  # `_variant_candidates` looks at nothing shorter
         for first in range(len(words)):
+            if not alpha[first]:
+                continue
             for last in range(first, min(first + 3, len(words))):
-                if last > first and hard[last]:
+                if last > first and (hard[last] or not alpha[last]):
                     break
                 if last - first == 2 and len(words[first]) + len(words[first + 1]) + len(words[last]) > 12:
                     break  # three words are joined only when short: "pee ka choo"
-                candidate = "".join(words[first:last + 1])
-                if (first, last) in exact or not candidate.isalpha() or candidate in near:
+                candidate = words[first] if last == first else "".join(words[first:last + 1])
+                if (first, last) in exact or candidate in near:
                     continue
                 if last - first < 2 and lo <= len(candidate) <= hi and (
                         last == first or words[first] in self._alias_words or words[last] in self._alias_words):
                     for i, d in self._fuzzy_lookup(candidate, first == last):
                         found.append((self.terms[i], first, last, d, None))
-                for i, d, route in self._variant_lookup(candidate, first == last):
-                    found.append((self.terms[i], first, last, d, route))
+                if len(candidate) >= shortest_variant:
+                    for i, d, route in self._variant_lookup(candidate, first == last):
+                        found.append((self.terms[i], first, last, d, route))
         return found
 
     def _variant_candidates(self, candidate: str, single_word: bool) -> tuple[tuple[int, int, str], ...]:
