@@ -135,3 +135,14 @@ def test_negative_prompt_is_never_a_finding(guard):
 def test_authorized_account_prompt(guard):
     v = guard.check_prompt("ultraman key visual", account="tsuburaya-official")
     assert v.action is Action.ALLOW and v.findings[0].evidence["authorized_account"] == "tsuburaya-official"
+
+
+def test_a_workflow_text_over_the_length_limit_is_refused_before_any_screening(guard):
+    from guard.facade import WorkflowText
+
+    huge = "a quiet lake " * 100_000
+    verdict = guard.check_workflow("wf", [WorkflowText("node 6 (CLIPTextEncode) text", huge),
+                                          WorkflowText("node 7 (CLIPTextEncode) text", huge, negative=True)], [])
+    [finding] = verdict.findings
+    assert verdict.action.value == "block" and finding.signal.value == "format"
+    assert "max_prompt_chars = 4,000" in finding.evidence["reason"] and finding.evidence["part"].startswith("node 6")
