@@ -420,3 +420,29 @@ def test_the_docs_render_offline_in_a_real_browser(bank_file, encoder, tmp_path)
         service.stop()
     assert "opblock-summary-path" in pages["/docs"] and "/v1/prompt" in pages["/docs"], pages["/docs"][-2000:]
     assert "api-content" in pages["/redoc"] and "/v1/model/path" in pages["/redoc"], pages["/redoc"][-2000:]
+
+
+def test_concurrent_prompts_are_screened_together_each_with_its_own_account(bank_file, encoder, tmp_path):
+    """24 clients at once: fewer encoder forwards than requests, and every verdict is the one
+    check_prompt gives that prompt for that account (recorded with it)."""
+    guard = Guard(Bank.load(bank_file), Policy.load(), encoder, state=tmp_path / "state")
+    forwards = []
+    real = guard.encoder.encode_texts
+
+    def counted(texts):  # the real encoder, counted
+        forwards.append(len(texts))
+        return real(texts)
+
+    guard.encoder.encode_texts = counted
+    service = Service(create_app(guard))
+    cases = [("Ultraman over Tokyo", "alice", "block"), ("Ultraman over Tokyo", "tsuburaya-official", "allow"),
+             ("a quiet harbor at dawn, oil painting", "bob", "allow")] * 8
+    try:
+        with ThreadPoolExecutor(len(cases)) as pool:
+            answers = list(pool.map(lambda c: service.call("/v1/prompt", {"text": c[0], "account": c[1]}), cases))
+    finally:
+        service.stop()
+    assert [a[1]["action"] for a in answers] == [c[2] for c in cases]
+    assert len(forwards) < len(cases), forwards  # batched: some forward embedded several prompts
+    rows = {(r["subject"], r["account"]): r["action"] for r in guard.audit.rows()}
+    assert rows[("Ultraman over Tokyo", "tsuburaya-official")] == "allow" and rows[("Ultraman over Tokyo", "alice")] == "block"

@@ -32,6 +32,7 @@ would run processes: each keeps two cores busy and a read buffer of up to 512 Mi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import binascii
@@ -98,11 +99,13 @@ def create_app(guard: Guard, *, allow_paths: Sequence[str | os.PathLike] = (), t
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "versions": guard.versions}
 
+    prompts = _PromptBatches(guard)
+
     @verdict_route("/prompt", openapi_extra=json_body(schema.PromptRequest))
     async def prompt(request: Request) -> JSONResponse:
         body = await _json(request, _SMALL_JSON)
-        verdict = await _threaded(guard.check_prompt, _field(body, "text", str),
-                                  negative=_field(body, "negative", str, None), account=_field(body, "account", str, None))
+        verdict = await prompts.check(_field(body, "text", str), _field(body, "negative", str, None),
+                                      _field(body, "account", str, None))
         return _answer(verdict)
 
     @v1.post("/images", response_model=schema.ImagesVerdictModel, openapi_extra=json_body(schema.ImagesRequest))
@@ -198,6 +201,39 @@ def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8080, log_config: s
 
 
 # Helpers -------------------------------------------------------------------------------------
+class _PromptBatches:
+    """Concurrent ``/v1/prompt`` requests screened together (`Guard.check_prompts`: one
+    encoder forward for all their windows). No request waits for others to arrive: those
+    that come in while a batch is on its worker thread form the next batch."""
+
+    def __init__(self, guard: Guard, most: int = 64):
+        self.guard, self.most = guard, most
+        self.pending: list[tuple[str, str | None, str | None, asyncio.Future]] = []
+        self.draining: asyncio.Task | None = None
+
+    async def check(self, text: str, negative: str | None, account: str | None) -> Verdict:
+        answer = asyncio.get_running_loop().create_future()
+        self.pending.append((text, negative, account, answer))
+        if self.draining is None or self.draining.done():
+            self.draining = asyncio.create_task(self._drain())
+        return await answer
+
+    async def _drain(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending[:self.most], self.pending[self.most:]
+            try:
+                verdicts = await _threaded(self.guard.check_prompts, [b[0] for b in batch], [b[1] for b in batch],
+                                           [b[2] for b in batch])
+            except Exception as exc:  # noqa: BLE001 (configuration errors: each request answers with it)
+                for *_, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                continue
+            for (*_, answer), verdict in zip(batch, verdicts):
+                if not answer.done():  # a client that went away
+                    answer.set_result(verdict)
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema, with the request bodies the routes read themselves."""
     if app.openapi_schema is None:

@@ -26,19 +26,46 @@ class TextChecks:
         ``[text] steer = true``, a prompt that would only be flagged is allowed instead, and
         the verdict's ``steer`` holds the names and keywords to append to its negative prompt.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if negative is not None and not isinstance(negative, str):
-            raise TypeError(f"negative must be a str or None, got {type(negative).__name__}")
+        return self.check_prompts([text], [negative], [account], [subject])[0]
+
+    def check_prompts(self, texts: Sequence[str], negatives: Sequence[str | None] | None = None,
+                      accounts: Sequence[str | None] | None = None,
+                      subjects: Sequence[str | None] | None = None) -> list[Verdict]:
+        """`check_prompt` for several prompts (of several accounts) at once, each recorded with
+        its own account: all the windows the CLIP text stage embeds go through one encoder
+        forward (a server batching concurrent requests, a file of prompts). A failure of the
+        guard while screening the batch fails each of its prompts closed."""
+        n = len(texts)
+        negatives = list(negatives) if negatives is not None else [None] * n
+        accounts = list(accounts) if accounts is not None else [None] * n
+        subjects = list(subjects) if subjects is not None else [None] * n
+        if not len(negatives) == len(accounts) == len(subjects) == n:
+            raise ValueError("texts, negatives, accounts and subjects must be as many")
+        for text, negative in zip(texts, negatives):
+            if not isinstance(text, str):
+                raise TypeError(f"text must be a str, got {type(text).__name__}")
+            if negative is not None and not isinstance(negative, str):
+                raise TypeError(f"negative must be a str or None, got {type(negative).__name__}")
         limit = self.policy.text.max_prompt_chars
-        if len(text) > limit:  # before any work: its cost grows with the length
-            return self._finish(self._too_long(text, subject, limit), account)
-        name = subject if subject is not None else text
+        out: list[Verdict | None] = [None] * n
+        todo = []
+        for i, text in enumerate(texts):
+            if len(text) > limit:  # before any work: its cost grows with the length
+                out[i] = self._finish(self._too_long(text, subjects[i], limit), accounts[i])
+            else:
+                todo.append(i)
+        if not todo:
+            return out
         if self._embeds_prompts:
             self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
-        [verdict] = self._checked(lambda: [self._prompt(text, negative, account, name)],
-                                  lambda error: [self._error(name, Surface.PROMPT, error)], account)
-        return verdict
+        names = [subjects[i] if subjects[i] is not None else texts[i] for i in todo]
+        verdicts = self._checked(
+            lambda: self._prompts([texts[i] for i in todo], [negatives[i] for i in todo],
+                                  [accounts[i] for i in todo], names),
+            lambda error: [self._error(name, Surface.PROMPT, error) for name in names], None, record=False)
+        for i, verdict in zip(todo, verdicts):
+            out[i] = self._finish(verdict, accounts[i])
+        return out
 
     def _too_long(self, text: str, subject: str | None, limit: int) -> Verdict:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -47,14 +74,20 @@ class TextChecks:
                                    f"policy's [text] max_prompt_chars = {limit:,}: not screened",
                                    characters=len(text), prompt_sha256=digest)
 
-    def _prompt(self, text: str, negative: str | None, account: str | None, name: str) -> Verdict:
-        findings = self.text_findings(text, Surface.PROMPT, account)
-        if self.policy.wants_clip_text(Action.strongest(f.action for f in findings)):
-            findings += self._clip_text_findings(text, Surface.PROMPT, account)
-        verdict = Verdict(name, Surface.PROMPT, tuple(findings))
-        if self.policy.text.steer and verdict.action is Action.FLAG:
-            verdict = self._steered(verdict, negative)
-        return verdict
+    def _prompts(self, texts: Sequence[str], negatives: Sequence[str | None], accounts: Sequence[str | None],
+                 names: Sequence[str]) -> list[Verdict]:
+        found = [self.text_findings(text, Surface.PROMPT, account) for text, account in zip(texts, accounts)]
+        embed = [i for i, f in enumerate(found) if self.policy.wants_clip_text(Action.strongest(x.action for x in f))]
+        extra = self._clip_text_findings_many([texts[i] for i in embed], Surface.PROMPT, [accounts[i] for i in embed])
+        for i, more in zip(embed, extra):
+            found[i] = found[i] + more
+        verdicts = []
+        for findings, negative, name in zip(found, negatives, names):
+            verdict = Verdict(name, Surface.PROMPT, tuple(findings))
+            if self.policy.text.steer and verdict.action is Action.FLAG:
+                verdict = self._steered(verdict, negative)
+            verdicts.append(verdict)
+        return verdicts
 
     def unscreened_prompt(self, reason: str, account: str | None = None) -> Verdict:
         """The (recorded) verdict for a generation whose prompt text was not available, e.g.
@@ -90,14 +123,12 @@ class TextChecks:
                 findings.append(finding)
         return findings
 
-    def _clip_text_findings(self, text: str, surface: Surface, account: str | None) -> list[Finding]:
-        """The prompt, and windows of it, against the bank's name embeddings."""
-        return self._clip_text_findings_many([text], surface, account)[0]
-
     def _clip_text_findings_many(self, texts: Sequence[str], surface: Surface,
-                                 account: str | None) -> list[list[Finding]]:
-        """`_clip_text_findings` of several texts with one encoder forward for all of them."""
+                                 account: str | None | Sequence[str | None]) -> list[list[Finding]]:
+        """`_clip_text_findings` of several texts with one encoder forward for all of them
+        (``account``: one for all, or one per text)."""
         out: list[list[Finding]] = [[] for _ in texts]
+        accounts = [account] * len(texts) if account is None or isinstance(account, str) else list(account)
         if not self._embeds_prompts:
             return out
         windows, spans = [], []
@@ -121,7 +152,7 @@ class TextChecks:
                 if not self.encoder.meaningful:
                     evidence["note"] = NOT_MEANINGFUL
                 finding = self._decide(Signal.CLIP_TEXT, min(score, 1.0), surface, self._characters[owner],
-                                       account, evidence)
+                                       accounts[i], evidence)
                 if finding is not None:
                     out[i].append(finding)
             out[i] = out[i][: self.policy.top_k]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("guard")
 IMAGE_BATCH = 64
+PROMPT_BATCH = 32
 #: A policy file in the working directory is used when neither --policy nor GUARD_POLICY names one.
 LOCAL_POLICY = "guard.toml"
 
@@ -196,11 +197,12 @@ def cmd_check_prompt(args) -> int:
     guard = _guard(args)
     verdicts = []
     with output.progress(len(prompts), "checking prompts") as advance:
-        for prompt in prompts:
-            verdict = guard.check_prompt(prompt, negative=args.negative, account=args.account)
-            _emit(args, [verdict])
-            verdicts.append(verdict)
-            advance(1)
+        for start in range(0, len(prompts), PROMPT_BATCH):  # one encoder forward per batch
+            chunk = prompts[start:start + PROMPT_BATCH]
+            batch = guard.check_prompts(chunk, [args.negative] * len(chunk), [args.account] * len(chunk))
+            _emit(args, batch)
+            verdicts += batch
+            advance(len(chunk))
     return _finish(args, verdicts, "prompts")
 
 
