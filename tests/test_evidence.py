@@ -258,6 +258,60 @@ def test_signed_heads_verify_with_the_public_key_alone(tmp_path, capsys):
     assert main([*verify, "--public-key", str(keys / "audit-signing.pub")]) == 5
 
 
+def test_rfc3161_time_stamps_from_a_tsa_verify_with_its_certificate(tmp_path, capsys):
+    """Against a local TSA on loopback (tests/tsa_stub.py; no public TSA is reachable here)."""
+    from tests.tsa_stub import TimeStampAuthority
+
+    log = AuditLog(tmp_path / "state")
+    for i in range(3):
+        log.record(blocked(i))
+    (tmp_path / "other").mkdir()
+    tsa, other = TimeStampAuthority(tmp_path), TimeStampAuthority(tmp_path / "other")
+    try:
+        stamped = tmp_path / "head-tsa.json"
+        state = str(tmp_path / "state")
+        assert main(["audit", "timestamp", "--state", state, "--tsa", tsa.url, "-o", str(stamped)]) == 0
+        saved = json.loads(stamped.read_text())
+        assert saved["seq"] == 3 and saved["timestamp"]["tsa"] == tsa.url and tsa.requests == 1
+        verify = ["audit", "verify", "--state", state, "--anchor", str(stamped)]
+        assert main(verify) == 2 and "--tsa-cert" in capsys.readouterr().err
+        capsys.readouterr()
+        assert main([*verify, "--tsa-cert", str(tsa.cert_path)]) == 0
+        assert f"row 3 time-stamped by the TSA at {saved['timestamp']['gen_time']}" in capsys.readouterr().out
+        # another TSA's certificate: not genuine (exit 5)
+        assert main([*verify, "--tsa-cert", str(other.cert_path)]) == 5
+        assert "does not verify with the TSA's certificate" in capsys.readouterr().err
+        # a token altered after the TSA signed it
+        import base64
+
+        token = bytearray(base64.b64decode(saved["timestamp"]["token"]))
+        token[-1] ^= 1
+        forged = tmp_path / "forged-tsa.json"
+        forged.write_text(json.dumps({**saved, "timestamp": {**saved["timestamp"],
+                                                             "token": base64.b64encode(bytes(token)).decode()}}))
+        assert main(["audit", "verify", "--state", state, "--anchor", str(forged), "--tsa-cert",
+                     str(tsa.cert_path)]) == 5
+        capsys.readouterr()
+        # the head edited to point at another row: the token is for another head
+        edited = tmp_path / "edited.json"
+        edited.write_text(json.dumps({**saved, "seq": 2, "row_hash": log.head().row_hash}))
+        assert main(["audit", "verify", "--state", state, "--anchor", str(edited), "--tsa-cert",
+                     str(tsa.cert_path)]) == 5
+        assert "for another head" in capsys.readouterr().err
+        # rows rewritten after the time-stamp: the chain no longer reaches the stamped head
+        rewrite(tmp_path / "state", 2, action="allow")
+        assert main([*verify, "--tsa-cert", str(tsa.cert_path)]) == 5
+        # a TSA that refuses, and one that cannot be reached
+        other.refuse = True
+        assert main(["audit", "timestamp", "--state", state, "--tsa", other.url]) == 1
+        assert "refused the request: rejection policy says no" in capsys.readouterr().err
+        assert main(["audit", "timestamp", "--state", state, "--tsa", "http://127.0.0.1:9/tsa"]) == 2
+        assert "cannot reach the time-stamping authority" in capsys.readouterr().err
+    finally:
+        tsa.stop()
+        other.stop()
+
+
 def test_retention_pseudonymises_prompts_and_accounts_and_the_chain_still_verifies(tmp_path, key_file, monkeypatch,
                                                                                   capsys):
     now = datetime.now(timezone.utc)

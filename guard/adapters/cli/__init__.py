@@ -411,6 +411,18 @@ def cmd_audit_verify(args) -> int:
             except ValueError as exc:
                 err.print(f"[red]signed head {escape(path)} is not genuine: {escape(str(exc))}[/]", highlight=False)
                 return EXIT_TAMPERED
+        if "timestamp" in saved:
+            if not args.tsa_cert:
+                raise ConfigError(f"--anchor {path} is time-stamped: pass --tsa-cert (the TSA's certificate) to check it")
+            from guard.state.timestamps import check_timestamp
+
+            try:
+                when = check_timestamp(saved, args.tsa_cert)
+            except ValueError as exc:
+                err.print(f"[red]time-stamp {escape(path)} is not genuine: {escape(str(exc))}[/]", highlight=False)
+                return EXIT_TAMPERED
+            if not args.json:
+                out.print(f"{path}: row {anchor.seq} time-stamped by the TSA at {when.isoformat()}", highlight=False)
         anchors.append(anchor)
     result = log.verify(anchors)
     if result.ok:  # the takedown list must be what the chain says it is
@@ -452,6 +464,22 @@ def cmd_audit_sign(args) -> int:
     if args.output:
         Path(args.output).write_text(text + "\n", encoding="utf-8")
         err.print(f"signed row {head['seq']} ({head['rows']} rows): {args.output}", highlight=False)
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def cmd_audit_timestamp(args) -> int:
+    from guard.state import AuditLog
+    from guard.state.timestamps import request_timestamp
+
+    head = AuditLog(_state(args), read_only=True).head()._asdict()
+    stamped = request_timestamp(head, args.tsa)
+    text = json.dumps(stamped, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        err.print(f"time-stamped row {stamped['seq']} at {stamped['timestamp']['gen_time']}: {args.output}",
+                  highlight=False)
     else:
         print(text)
     return EXIT_OK
@@ -638,7 +666,8 @@ COMMANDS = {
     ("convert", None): "cmd_convert", ("serve", None): "cmd_serve",
     ("takedown", "add"): "cmd_takedown_add", ("takedown", "apply"): "cmd_takedown_add",
     ("takedown", "list"): "cmd_takedown_list", ("takedown", "remove"): "cmd_takedown_remove",
-    ("audit", "verify"): "cmd_audit_verify", ("audit", "sign"): "cmd_audit_sign", ("audit", "purge"): "cmd_audit_purge",
+    ("audit", "verify"): "cmd_audit_verify", ("audit", "sign"): "cmd_audit_sign",
+    ("audit", "timestamp"): "cmd_audit_timestamp", ("audit", "purge"): "cmd_audit_purge",
     ("audit", "keygen"): "cmd_audit_keygen", ("audit", "report"): "cmd_audit_report",
     ("policy", "init"): "cmd_policy_init", ("policy", "check"): "cmd_policy_check",
     ("comfyui", "install"): "cmd_comfyui_install",

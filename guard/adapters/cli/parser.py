@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "must verify with it")
     p.add_argument("--key-file", help="the chain's MAC key (env GUARD_AUDIT_KEY_FILE, or the key in GUARD_AUDIT_KEY): "
                                       "rows rewritten without it do not verify")
+    p.add_argument("--tsa-cert", help="the time-stamping authority's certificate (PEM): time-stamped anchors "
+                                      "(guard audit timestamp) must verify with it")
+    p = command(sub, "timestamp", "state", "have an RFC 3161 time-stamping authority sign the chain's head "
+                "(a third party's proof of when; the evidence extra)",
+                "guard audit timestamp --state state/ --tsa https://tsa.example/tsr -o head-tsa.json")
+    p.add_argument("--tsa", required=True, help="the TSA's URL (RFC 3161 over HTTP)")
+    p.add_argument("-o", "--output", help="write the time-stamped head here instead of stdout")
     p = command(sub, "sign", "state", "sign the chain's head with an Ed25519 key (export it; run on a schedule)",
                 "guard audit sign --state state/ --signing-key keys/audit-signing.key -o head.json")
     p.add_argument("--signing-key", required=True, help="private key (guard audit keygen)")
