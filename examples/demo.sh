@@ -31,7 +31,7 @@ step "Take the LoRA down (file hash, tensor hash and weight fingerprint are kept
 python - <<'PY'
 # A re-upload: metadata stripped, keys renamed to PEFT style, cast to bf16.
 from safetensors.torch import load_file, save_file
-from guard.extract.lora import canonical_layer
+from guard.extract.lora_keys import canonical_layer
 t = load_file("examples/demo_models/hero_style_v2.safetensors")
 out = {}
 for key, value in t.items():

@@ -57,3 +57,18 @@ def test_the_readme_command_list_runs_as_documented(tmp_path):
                               timeout=300)
         assert done.returncode == documented, (command, done.returncode, done.stdout[-1500:], done.stderr[-1500:])
     assert (tmp_path / "report.html").is_file() and (tmp_path / "old_model.safetensors").is_file()
+
+
+def test_the_demo_runs_every_step_with_its_documented_exit_status():
+    """`make demo`'s script, as a fresh machine runs it: no step may fail on an import or a
+    path (a demo step that breaks exits 2 or shows a traceback, and nobody reads the log)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(["bash", str(ROOT / "examples" / "demo.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in log, log[-3000:]
+    statuses = [int(s) for s in re.findall(r"\(exit status (\d)\)", log)]
+    # build, uploads (block), the holder's own image, 奥特曼, negative-only, JSONL, anchors (flag), scan,
+    # takedown, the re-upload (block), verify, report
+    assert statuses == [0, 4, 0, 4, 0, 4, 3, 4, 0, 4, 0, 0], statuses
