@@ -300,6 +300,38 @@ def test_a_full_text_to_image_run_through_the_real_sampler(comfy):
     assert comfy.history(prompt_id, wait=1) == {}
 
 
+def test_early_abort_stops_the_sampler_at_a_blocked_preview(comfy, tmp_path):
+    """A server whose policy checks a preview every step and (for this test) blocks any image:
+    the sampler stops after its first step, nothing is written, the decision is recorded."""
+    base = _base(tmp_path / "base")
+    os.link(comfy.base / "models/checkpoints/tiny_sd15.safetensors", base / "models/checkpoints/tiny_sd15.safetensors")
+    policy = tmp_path / "abort.toml"
+    policy.write_text('[generation]\nearly_abort_every = 1\n\n[encoders."tiny-test".signals.clip_image]\n'
+                      'flag = -1.0\nblock = -1.0\n', encoding="utf-8")
+    state = tmp_path / "state"
+    installed = subprocess.run([sys.executable, "-m", "guard.adapters.cli", "comfyui", "install", str(base),
+                                "--bank", str(BANK), "--state", str(state), "--policy", str(policy)],
+                               capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    server = Comfy(base, tmp_path / "comfyui.log")
+    try:
+        graph = _txt2img("a lighthouse on a cliff at dawn")
+        graph["3"]["inputs"]["steps"] = 4
+        code, body, prompt_id = server.post(graph, account="acct-abort")
+        assert code == 200, body
+        history = server.history(prompt_id, wait=240)
+        assert history["status"]["status_str"] != "success", history["status"]
+        messages = [m[0] for m in history["status"].get("messages", [])]
+        assert "execution_interrupted" in messages, messages
+        assert not list((base / "output").iterdir())  # SaveImage never ran
+    finally:
+        server.stop()
+    rows = [json.loads(r["verdict"]) for r in AuditLog(state).rows() if r["account"] == "acct-abort"]
+    [stopped] = [r for r in rows if r["surface"] == "generated_image"]
+    assert stopped["action"] == "block" and stopped["facts"]["early_abort_step"] == 1
+    assert "preview step 1" in stopped["subject"]
+
+
 def test_every_decision_is_in_the_audit_log_with_the_account(comfy):
     comfy.post({**_load("photo_7.png"), **_save(["1", 0])}, account="acct-audit")
     comfy.post({"5": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "ultraman"}}}, account="acct-audit")

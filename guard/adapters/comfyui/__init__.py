@@ -4,8 +4,9 @@
 calls `setup`, and its ``diffusion_guard.toml``). `setup` loads the guard once per process
 on ComfyUI's device and installs, in this order: the workflow guard (an on_prompt handler:
 every queued graph's texts and model files, before anything runs), the load gate (every
-model file any node loads), the output guard (every image reaching an output node) and
-the nodes for workflow authors. Nothing here imports ComfyUI until `setup` runs.
+model file any node loads), early abort in the samplers (the policy's ``[generation]
+early_abort_every``), the output guard (every image reaching an output node) and the nodes
+for workflow authors. Nothing here imports ComfyUI until `setup` runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def setup(shim_file: str) -> tuple[dict, dict]:
     import nodes
     import server
 
-    from guard.adapters.comfyui import gate, node_classes, outputs, workflow
+    from guard.adapters.comfyui import early_abort, gate, node_classes, outputs, workflow
 
     runtime = Runtime.load(Path(shim_file).resolve().parent, device=str(comfy.model_management.get_torch_device()))
 
@@ -37,6 +38,7 @@ def setup(shim_file: str) -> tuple[dict, dict]:
 
     server.PromptServer.instance.add_on_prompt_handler(workflow.handler(runtime, wrap_outputs))
     gate.install(runtime)
+    early_abort.install(runtime)
     _track_requests(execution.PromptExecutor, runtime)
     wrap_outputs(nodes.NODE_CLASS_MAPPINGS)
     return node_classes.build(runtime)
