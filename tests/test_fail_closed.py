@@ -198,3 +198,20 @@ def test_cli_mistakes_are_one_line(bank_file, tmp_path, capsys):
     assert main(["audit", "report", "--state", str(tmp_path / "s"), "--html", "/nonexistent/dir/r.html"]) == 2
     err = capsys.readouterr().err
     assert "cannot write it" in err and "Traceback" not in err
+
+
+def test_a_prompt_that_trips_the_guard_fails_closed_alone_not_its_batch(guard, monkeypatch):
+    """check_prompts batches prompts of several accounts (the service does): a failure on one
+    prompt's screening is that prompt's error verdict, not its batch-mates'."""
+    real = type(guard).text_findings
+
+    def tripping(self, text, *args, **kwargs):
+        if "trip" in text:
+            raise RuntimeError("injected failure")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(guard), "text_findings", tripping)
+    verdicts = guard.check_prompts(["a quiet lake", "trip the guard", "ultraman over tokyo"], accounts=["a", "b", "c"])
+    assert [v.action.value for v in verdicts] == ["allow", "block", "block"]
+    assert [bool(v.error) for v in verdicts] == [False, True, False]
+    assert "injected failure" in verdicts[1].error

@@ -211,6 +211,11 @@ def test_the_device_message_names_the_device(work):
 def test_takedown_list_is_a_table_with_headers_and_nothing_is_created_by_listing(work):
     code, _, err = guard_cli("takedown", "list", "--state", "mistyped", cwd=work)
     assert code == 2 and "does not exist" in err and not (work / "mistyped").exists()
+    code, _, err = guard_cli("takedown", "remove", "--notice", "N-1", "--state", "mistyped", cwd=work)
+    assert code == 2 and "does not exist" in err and not (work / "mistyped").exists()
+    (work / "afile").write_text("x")
+    code, _, err = guard_cli("takedown", "list", "--state", "afile", cwd=work)
+    assert code == 2 and "--state afile is a file" in err
     shutil.copy(DEMO_MODELS / "hero_style_v2.safetensors", work / "hero.safetensors")
     assert guard_cli("takedown", "add", "hero.safetensors", "--notice", "N-1", "--state", "state", cwd=work)[0] == 0
     code, out, _ = guard_cli("takedown", "list", "--state", "state", cwd=work, env={"COLUMNS": "100"})

@@ -33,8 +33,8 @@ class TextChecks:
                       subjects: Sequence[str | None] | None = None) -> list[Verdict]:
         """`check_prompt` for several prompts (of several accounts) at once, each recorded with
         its own account: all the windows the CLIP text stage embeds go through one encoder
-        forward (a server batching concurrent requests, a file of prompts). A failure of the
-        guard while screening the batch fails each of its prompts closed."""
+        forward (a server batching concurrent requests, a file of prompts). When the guard fails
+        on a batch, each prompt is screened alone, so only the one that trips it fails closed."""
         n = len(texts)
         negatives = list(negatives) if negatives is not None else [None] * n
         accounts = list(accounts) if accounts is not None else [None] * n
@@ -58,21 +58,35 @@ class TextChecks:
             return out
         if self._embeds_prompts:
             self.encoder  # noqa: B018 (loading it is configuration: a ConfigError, not a verdict)
-        names = [subjects[i] if subjects[i] is not None else texts[i] for i in todo]
-        verdicts = self._checked(
-            lambda: self._prompts([texts[i] for i in todo], [negatives[i] for i in todo],
-                                  [accounts[i] for i in todo], names),
-            lambda error: [self._error(name, Surface.PROMPT, error) for name in names], None, record=False)
+        names = {i: subjects[i] if subjects[i] is not None else texts[i] for i in todo}
+
+        def screen(items: list[int]) -> list[Verdict]:
+            return self._checked(
+                lambda: self._prompts([texts[i] for i in items], [negatives[i] for i in items],
+                                      [accounts[i] for i in items], [names[i] for i in items]),
+                lambda error: [self._error(names[i], Surface.PROMPT, error) for i in items], None, record=False)
+
+        verdicts = screen(todo)
+        if len(todo) > 1 and any(v.error for v in verdicts):
+            # One prompt that trips the guard must not fail its batch-mates closed (another
+            # account's requests, batched by the service): each is screened alone again.
+            verdicts = [screen([i])[0] for i in todo]
         for i, verdict in zip(todo, verdicts):
             out[i] = self._finish(verdict, accounts[i])
         return out
 
     def _too_long(self, text: str, subject: str | None, limit: int) -> Verdict:
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         name = subject if subject is not None else f"{text[:80]}… ({len(text):,} characters)"
-        return self.format_verdict(name, Surface.PROMPT, f"prompt of {len(text):,} characters is longer than the "
-                                   f"policy's [text] max_prompt_chars = {limit:,}: not screened",
-                                   characters=len(text), prompt_sha256=digest)
+        return Verdict(name, Surface.PROMPT, (self.too_long_finding(text),))
+
+    def too_long_finding(self, text: str) -> Finding:
+        """The format finding for a text over the policy's ``[text] max_prompt_chars``: not
+        screened, since screening costs grow with the length (a prompt, a workflow's input)."""
+        limit = self.policy.text.max_prompt_chars
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._format_finding(f"text of {len(text):,} characters is longer than the policy's [text] "
+                                    f"max_prompt_chars = {limit:,}: not screened", Surface.PROMPT,
+                                    characters=len(text), prompt_sha256=digest)
 
     def _prompts(self, texts: Sequence[str], negatives: Sequence[str | None], accounts: Sequence[str | None],
                  names: Sequence[str]) -> list[Verdict]:

@@ -111,10 +111,7 @@ class WorkflowChecks:
         limit = self.policy.text.max_prompt_chars
         # A text over the policy's length is not screened (its cost grows with it): a format
         # finding, so that a megabyte in some node's string input cannot tie the server up.
-        names = {k: [self._format_finding(f"text of {len(k[0]):,} characters is longer than the policy's [text] "
-                                          f"max_prompt_chars = {limit:,}: not screened", Surface.PROMPT,
-                                          characters=len(k[0]))]
-                 for k in fresh if len(k[0]) > limit}
+        names = {k: [self.too_long_finding(k[0])] for k in fresh if len(k[0]) > limit}
         fresh = [k for k in fresh if k not in names]
         names.update({k: self.text_findings(k[0], Surface.PROMPT, account) for k in fresh})
         embed = [k for k in fresh if self.policy.wants_clip_text(Action.strongest(f.action for f in names[k]))]

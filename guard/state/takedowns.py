@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from guard.errors import ConfigError
-from guard.state.folder import open_problem
+from guard.state.folder import existing_folder, open_problem
 from guard.extract.lora import Fingerprint
 
 _SCHEMA = """
@@ -168,8 +168,7 @@ def read_ids(state_dir: str | Path) -> set[int] | None:
 def read_entries(state_dir: str | Path) -> list[Takedown]:
     """The entries of a state folder's takedown list, read without writing (nothing is
     created: a mistyped folder is an error, a folder without a list has no entries)."""
-    if not Path(state_dir).is_dir():
-        raise ConfigError(f"state folder {state_dir} does not exist (check --state / GUARD_STATE)")
+    existing_folder(state_dir)
     rows = _read_only(state_dir, f"SELECT {_COLUMNS} FROM takedowns ORDER BY id")
     return [] if rows is None else _entries(rows)
 

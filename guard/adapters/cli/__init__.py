@@ -84,8 +84,8 @@ def _guard(args, bank_needed: bool = True) -> Guard:
         from guard.policy import Policy
 
         log.info("no bank: only checks that need none run")
-        return Guard(Bank("none", 0), Policy.load(policy), None, _state_folder(args))
-    guard = Guard.open(args.bank, policy, args.encoder, _state_folder(args), **_encoder_options(args))
+        return Guard(Bank("none", 0), Policy.load(policy), None, args.state)
+    guard = Guard.open(args.bank, policy, args.encoder, args.state, **_encoder_options(args))
     log.info("bank %s: %d characters, encoder %s, sha256 %s", args.bank, len(guard.bank), guard.bank.encoder,
              guard.versions["bank"])
     log.info("policy %s (sha256 %s); state %s", policy or "shipped default", guard.versions["policy"],
@@ -105,14 +105,6 @@ def _policy_path(args) -> str | None:
         log.info("policy: ./%s (no --policy or GUARD_POLICY given)", LOCAL_POLICY)
         return LOCAL_POLICY
     return None
-
-
-def _state_folder(args) -> str | None:
-    """The state folder as given, refused early with a fix when it cannot be one."""
-    if args.state and os.path.exists(args.state) and not os.path.isdir(args.state):
-        raise ConfigError(f"--state {args.state} is a file: the state folder is a folder (it holds audit.sqlite "
-                          "and takedowns.sqlite; a missing one is created)")
-    return args.state
 
 
 def cmd_bank_build(args) -> int:
@@ -270,8 +262,9 @@ def cmd_serve(args) -> int:
 
 def _takedowns(args):
     from guard.state import TakedownList
+    from guard.state.folder import existing_folder
 
-    return TakedownList(_state(args, "the takedown list"))
+    return TakedownList(existing_folder(_state(args, "the takedown list")))
 
 
 def cmd_takedown_add(args) -> int:
@@ -622,12 +615,12 @@ def _expand_images(paths: Sequence[str]) -> list[str]:
 
 
 def cmd_policy_init(args) -> int:
-    from importlib import resources
+    from guard.policy import DEFAULT_POLICY
 
     target = Path(args.file)
     if target.exists() and not args.force:
         raise ConfigError(f"{target} exists: pass --force to replace it")
-    text = resources.files("guard").joinpath("data/default-policy.toml").read_text(encoding="utf-8")
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
     header = ("# Written by `guard policy init`: the shipped defaults, every key explained. Keep what you\n"
               "# change and delete the rest (this file is layered over the defaults); `guard policy check`\n"
               "# says whether it loads. The guard reads ./guard.toml when no --policy is given.\n\n")

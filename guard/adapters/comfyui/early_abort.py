@@ -45,7 +45,12 @@ def install(runtime: Runtime) -> None:
             done = step + 1
             if done % every or done >= total_steps:
                 return  # the last step's image is checked as the output
-            verdicts = runtime.guard.check_images(preview(x0, fmt), Surface.GENERATED_IMAGE, current.get().account,
+            try:
+                pictures = preview(x0, fmt)
+            except Exception as exc:  # noqa: BLE001 (a preview is an optimisation: the output guard still checks)
+                log.warning("diffusion-guard: no early abort at step %d, the preview failed: %s", done, exc)
+                return
+            verdicts = runtime.guard.check_images(pictures, Surface.GENERATED_IMAGE, current.get().account,
                                                   subjects=[f"{current.get().prompt_id or 'comfyui'} preview step "
                                                             f"{done} image {i}" for i in range(x0.shape[0])],
                                                   record=False)
